@@ -1,0 +1,24 @@
+# Two commands for a fresh machine: `make demo` (main job) and `make test` (set-up + test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HEAR_NODEPS := heareval==2021.1.3 hearvalidator==2021.0.2
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup test demo clean-venv
+
+setup: $(STAMP)
+
+# Re-runs only when the pinned set or the package metadata change: a second `make setup` takes seconds.
+$(STAMP): requirements/constraints.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c requirements/constraints.txt -e '.[s3prl,hear,results,test]'
+	$(PIP) install -q --no-deps $(HEAR_NODEPS)
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

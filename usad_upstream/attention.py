@@ -1,0 +1,66 @@
+"""Transformer-XL relative-position self-attention on top of scaled_dot_product_attention."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def relative_sinusoids(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Sinusoidal encodings of relative offsets length-1 ... -(length-1) -> [2*length-1, dim]."""
+    offsets = torch.arange(length - 1, -length, -1, device=device, dtype=torch.float32)
+    inv_freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    angles = offsets[:, None] * inv_freq[None, :]
+    table = torch.empty(offsets.shape[0], dim, device=device, dtype=torch.float32)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles)
+    return table.to(dtype)
+
+
+def rel_shift(scores: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, 2T-1] scores over offsets (T-1 .. -(T-1)) -> [B, H, T, T] indexed by (i, j).
+
+    Entry (i, j) needs offset i - j, stored at column T-1-i+j: a strided view, no copy.
+    """
+    b, h, t, width = scores.shape
+    scores = scores.contiguous()
+    sb, sh, _, _ = scores.stride()
+    return scores.as_strided((b, h, t, t), (sb, sh, width - 1, 1), storage_offset=scores.storage_offset() + t - 1)
+
+
+class RelPositionSelfAttention(nn.Module):
+    """Multi-head self-attention with learned u/v biases and projected sinusoidal offsets."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.pos_proj = nn.Linear(dim, dim, bias=False)
+        self.pos_bias_u = nn.Parameter(torch.zeros(heads, self.head_dim))
+        self.pos_bias_v = nn.Parameter(torch.zeros(heads, self.head_dim))
+        nn.init.xavier_uniform_(self.pos_bias_u)
+        nn.init.xavier_uniform_(self.pos_bias_v)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, key_padding: "torch.Tensor | None") -> torch.Tensor:
+        """x [B, T, D]; pos [2T-1, D] sinusoids; key_padding [B, T] True where padded."""
+        b, t, d = x.shape
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        p = self.pos_proj(pos).view(-1, self.heads, self.head_dim).permute(1, 2, 0)  # [H, hd, 2T-1]
+        q_u = (q + self.pos_bias_u).transpose(1, 2)
+        q_v = (q + self.pos_bias_v).transpose(1, 2)
+        bias = rel_shift(torch.matmul(q_v, p)) * (1.0 / math.sqrt(self.head_dim))
+        if key_padding is not None:
+            bias = bias.masked_fill(key_padding[:, None, None, :], float("-inf"))
+        out = F.scaled_dot_product_attention(
+            q_u, k, v, attn_mask=bias.to(q_u.dtype), dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
