@@ -113,3 +113,22 @@ def test_bad_input_gets_clear_value_error(wavs, lens, message):
 
 def test_public_api():
     assert set(usad_upstream.__all__) >= {"build_model", "load_model", "save_checkpoint"}
+
+
+def test_position_cache_is_used_only_outside_autograd_and_follows_weight_updates():
+    torch.manual_seed(0)
+    model = build_model("tiny", layers=1, dropout=0.0)
+    wav = tone(1.0)[None]
+    with torch.no_grad():
+        before = model(wav)["x"]
+    with torch.no_grad():
+        model.blocks[0].attn.pos_proj.weight.mul_(2.0)  # an optimizer-style in-place update
+        after = model(wav)["x"]
+    fresh = build_model("tiny", layers=1, dropout=0.0)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(after, fresh(wav)["x"], atol=1e-6)
+    assert not torch.allclose(before, after)
+    out = model(wav)["x"].sum()  # with autograd on, gradients reach pos_proj
+    out.backward()
+    assert model.blocks[0].attn.pos_proj.weight.grad is not None

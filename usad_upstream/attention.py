@@ -47,6 +47,25 @@ class RelPositionSelfAttention(nn.Module):
         self.pos_bias_v = nn.Parameter(torch.zeros(heads, self.head_dim))
         nn.init.xavier_uniform_(self.pos_bias_u)
         nn.init.xavier_uniform_(self.pos_bias_v)
+        self._pos_cache: "tuple[tuple, torch.Tensor] | None" = None
+
+    def projected_positions(self, pos: torch.Tensor) -> torch.Tensor:
+        """pos_proj(pos) / sqrt(head_dim) as [H, head_dim, 2T-1].
+
+        It depends only on weights and length, so outside autograd it is cached per length:
+        repeated inference on equal-length windows (HEAR chunks, benchmarks) skips a (2T-1) x D^2
+        matmul per layer. The weight's version counter invalidates the cache after any update.
+        """
+        weight = self.pos_proj.weight
+        key = (pos.shape[0], pos.dtype, pos.device, weight._version, weight.data_ptr())
+        cacheable = not torch.is_grad_enabled()
+        if cacheable and self._pos_cache is not None and self._pos_cache[0] == key:
+            return self._pos_cache[1]
+        p = (self.pos_proj(pos) * (1.0 / math.sqrt(self.head_dim))).view(-1, self.heads, self.head_dim)
+        p = p.permute(1, 2, 0)
+        if cacheable:
+            self._pos_cache = (key, p)
+        return p
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, key_padding: "torch.Tensor | None") -> torch.Tensor:
         """x [B, T, D]; pos [2T-1, D] sinusoids; key_padding [B, T] True where padded."""
@@ -54,10 +73,9 @@ class RelPositionSelfAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        p = self.pos_proj(pos).view(-1, self.heads, self.head_dim).permute(1, 2, 0)  # [H, hd, 2T-1]
         q_u = (q + self.pos_bias_u).transpose(1, 2)
         q_v = (q + self.pos_bias_v).transpose(1, 2)
-        bias = rel_shift(torch.matmul(q_v, p)) * (1.0 / math.sqrt(self.head_dim))
+        bias = rel_shift(torch.matmul(q_v, self.projected_positions(pos)))
         if key_padding is not None:
             bias = bias.masked_fill(key_padding[:, None, None, :], float("-inf"))
         out = F.scaled_dot_product_attention(

@@ -45,8 +45,10 @@ def check_waveforms(wavs: torch.Tensor, wav_lens: "torch.Tensor | None" = None) 
             f"audio too short: item {int(lens.argmin())} has {shortest} samples; the minimum is "
             f"{MIN_SAMPLES} samples (25 ms at {SAMPLE_RATE} Hz)"
         )
-    valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lens[:, None]
-    if not bool(torch.isfinite(wavs[valid]).all()):
+    finite = torch.isfinite(wavs)
+    if wav_lens is not None:  # padding may hold anything; only valid samples must be finite
+        finite |= torch.arange(wavs.shape[1], device=wavs.device)[None, :] >= lens[:, None]
+    if not bool(finite.all()):
         raise ValueError("wavs contains NaN or Inf samples")
     return lens
 
