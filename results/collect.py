@@ -1,0 +1,151 @@
+"""Walk a runs directory and gather every measured score into one tidy table.
+
+Finds (anywhere below RUNS_DIR):
+- SUPERB runs: s3prl experiment directories (an `args_*.yaml` is s3prl's mark), named by
+  the recipe's `usad_run.json` when present, else by s3prl's saved args;
+- HEAR runs: heareval embeddings task directories (`task_metadata.json` next to
+  `.done.embeddings`, `*.embedding-dimensions.json` or `test.predicted-scores.json`), plus the
+  tasks a recipe manifest lists that have not produced anything yet.
+A task with no test score still gets a row (score NaN) whose status says why: running,
+interrupted, failed, no predictions, ...
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from . import heareval_scores, s3prl_logs
+from .manifest import MANIFEST, file_hash, read_manifest, run_status
+from .published import COLUMNS, MEASURED
+from .tasks import HEAR, SUPERB, SUPERB_TASKS, superb_task_for_expert
+
+
+def _mtime_date(paths: list[Path]) -> str:
+    times = [p.stat().st_mtime for p in paths if p.exists()]
+    if not times:
+        return ""
+    return _dt.datetime.fromtimestamp(max(times), _dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def _row(**kw: object) -> dict:
+    return {c: kw.get(c, "") for c in COLUMNS}
+
+
+def _is_s3prl_expdir(path: Path) -> bool:
+    return any(path.glob("args_*.yaml"))
+
+
+def _is_hear_embeddings_dir(path: Path) -> bool:
+    if not (path / "task_metadata.json").is_file():
+        return False
+    return (
+        (path / ".done.embeddings").exists()
+        or (path / heareval_scores.SCORES_FILE).is_file()
+        or any(path.glob("*.embedding-dimensions.json"))
+    )
+
+
+def _superb_rows(expdir: Path, runs_dir: Path) -> list[dict]:
+    manifest = read_manifest(expdir)
+    args = s3prl_logs.read_args(expdir)
+    if manifest and manifest.get("benchmark") == SUPERB:
+        task = str(manifest.get("task", ""))
+        model = str(manifest.get("model", ""))
+        ckpt_hash = str(manifest.get("checkpoint_hash", "") or "")
+    else:
+        expert = str(args.get("downstream", ""))
+        corpus = (s3prl_logs.read_config(expdir).get("downstream_expert", {}) or {}).get("corpus", {}) or {}
+        task = superb_task_for_expert(expert, corpus.get("name") if isinstance(corpus, dict) else None) or ""
+        upstream = str(args.get("upstream", "") or "unknown")
+        ckpt = args.get("upstream_ckpt")
+        model = f"{upstream}:{Path(str(ckpt)).stem}" if ckpt else upstream
+        ckpt_hash = file_hash(ckpt) if ckpt and Path(str(ckpt)).is_file() else ""
+    if task not in SUPERB_TASKS:
+        return []  # an s3prl experiment that is not a SUPERB task
+    spec = SUPERB_TASKS[task]
+    picked = s3prl_logs.select_scores(s3prl_logs.observations(expdir), spec.metric, spec.higher_is_better)
+    status = run_status(manifest)
+    date = str((manifest or {}).get("updated", ""))[:10] or _mtime_date(
+        [expdir / "log.log", expdir / s3prl_logs.TEST_LOG, *expdir.glob("events.out.tfevents.*")]
+    )
+    run_id = expdir.relative_to(runs_dir).as_posix()
+    rows = []
+    for split, value in (("dev", picked.dev), ("test", picked.test)):
+        if value is not None and not math.isnan(value):
+            row_status = "done" if status in ("done", "unknown") else status
+            score = value * spec.scale
+        else:
+            row_status = status if status not in ("done", "unknown") else "missing"
+            score = float("nan")
+        if split == "dev" and status == "unknown" and value is None:
+            continue  # hand-run experiments without dev evaluation (ASV) are not partial
+        rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=SUPERB, task=task, metric=spec.metric,
+                         split=split, score=score, run_id=run_id, date=date, source=MEASURED, status=row_status))
+    return rows
+
+
+def _hear_rows(task_dir: Path, runs_dir: Path, model: str, ckpt_hash: str, run_status_: str, run_id: str,
+               date: str, failed: "dict | None" = None) -> list[dict]:
+    res = heareval_scores.read_task_dir(task_dir)
+    rows = []
+    for split, value in (("dev", res.dev), ("test", res.test)):
+        if value is not None:
+            status, score = "done", 100.0 * value
+        else:
+            status = "failed" if failed else (run_status_ if run_status_ in ("running", "interrupted") else res.status)
+            score = float("nan")
+        rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=HEAR, task=res.task, metric=res.metric,
+                         split=split, score=score, run_id=run_id, date=date or _mtime_date(
+                             [task_dir / heareval_scores.SCORES_FILE]), source=MEASURED, status=status))
+    return rows
+
+
+def _hear_run_rows(run_dir: Path, manifest: dict, runs_dir: Path, seen: set[Path]) -> list[dict]:
+    """A HEAR recipe run: its embeddings directory plus the tasks it has not reached yet."""
+    emb = (run_dir / str(manifest.get("embeddings_dir", "embeddings"))).resolve()
+    model = str(manifest.get("model", ""))
+    ckpt_hash = str(manifest.get("checkpoint_hash", "") or "")
+    status = run_status(manifest)
+    date = str(manifest.get("updated", ""))[:10]
+    run_id = run_dir.relative_to(runs_dir).as_posix()
+    rows = []
+    for name, info in sorted((manifest.get("tasks") or {}).items()):
+        task_dir = emb / name
+        seen.add(task_dir)
+        failed = info if info.get("status") == "failed" else None
+        if (task_dir / "task_metadata.json").is_file():
+            rows += _hear_rows(task_dir, runs_dir, model, ckpt_hash, status, run_id, date, failed)
+            continue
+        task = heareval_scores.hear_task_name(name, str(info.get("task_name", name)))
+        gap = "failed" if failed else (status if status in ("running", "interrupted") else "missing")
+        for split in ("dev", "test"):
+            rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=HEAR, task=task,
+                             metric=str(info.get("metric", "")), split=split, score=float("nan"),
+                             run_id=run_id, date=date, source=MEASURED, status=gap))
+    return rows
+
+
+def collect(runs_dir: "str | Path") -> pd.DataFrame:
+    """All measured rows under `runs_dir` (columns: results.published.COLUMNS)."""
+    runs_dir = Path(runs_dir).resolve()
+    if not runs_dir.is_dir():
+        raise ValueError(f"runs directory not found: {runs_dir}")
+    rows: list[dict] = []
+    seen: set[Path] = set()
+    for path in sorted(runs_dir.rglob(MANIFEST)):
+        manifest = read_manifest(path.parent)
+        if manifest and manifest.get("benchmark") == HEAR:
+            rows += _hear_run_rows(path.parent, manifest, runs_dir, seen)
+    for path in sorted(p for p in runs_dir.rglob("*") if p.is_dir()):
+        if _is_s3prl_expdir(path):
+            rows += _superb_rows(path, runs_dir)
+        elif path.resolve() not in seen and _is_hear_embeddings_dir(path):
+            # heareval run by hand: embeddings/<module>/<task>; the module names the model.
+            rows += _hear_rows(path, runs_dir, path.parent.name, "", "unknown",
+                               path.parent.relative_to(runs_dir).as_posix(), "")
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["score"] = df["score"].astype(float)
+    return df
