@@ -1,0 +1,78 @@
+"""Build orchestrator: resumable stages, each built in a staging folder, moved into place
+atomically, then marked done. A finished stage is never rebuilt; a folder built with another
+size or seed is refused rather than mixed."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import fluent, hear, librispeech, pool, sources, speech_commands, voxceleb
+from .common import SIZES, Size
+
+log = logging.getLogger(__name__)
+
+# stage name -> (folder, builder(root, size, seed, out))
+STAGES: dict[str, tuple[str, Callable[[Path, Size, int, Path], None]]] = {
+    "librispeech": ("LibriSpeech", lambda root, size, seed, out: librispeech.build(root, size, seed)),
+    "speech_commands": ("speech_commands", lambda root, size, seed, out: speech_commands.build(root, size, seed)),
+    "voxceleb1": ("VoxCeleb1", lambda root, size, seed, out: voxceleb.build(root, size, seed)),
+    "fluent_speech_commands": ("fluent_speech_commands", lambda root, size, seed, out: fluent.build(root, size, seed)),
+    "hear": ("hear", lambda root, size, seed, out: hear.build(root, out / "speech_commands", size, seed)),
+    "pool": ("pool", lambda root, size, seed, out: pool.build(root, size, seed)),
+}
+
+
+def _marker(out: Path, stage: str) -> Path:
+    return out / f".{stage}.done"
+
+
+def build_corpora(out: "str | Path", size: str = "mini", seed: int = 0, stages: "list[str] | None" = None,
+                  install: bool = True) -> dict[str, float]:
+    """Build every (or the named) stage under `out`; returns seconds per stage (0 when skipped)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
+    chosen = stages or list(STAGES)
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
+    if "hear" in chosen and "speech_commands" not in chosen and not _marker(Path(out), "speech_commands").is_file():
+        chosen = ["speech_commands"] + chosen  # the keywords task reuses the KS audio
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"size": size, "seed": seed}
+    timings: dict[str, float] = {}
+    if install:
+        timings["apt"] = sources.ensure_packages(sources.packages_for(size))
+    for stage in STAGES:
+        if stage not in chosen:
+            continue
+        folder, builder = STAGES[stage]
+        marker = _marker(out, stage)
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if {k: done.get(k) for k in params} != params:
+                raise ValueError(f"{out / folder} was built with {done}, not {params}; use another --out")
+            log.info("%s: already built, skipping", stage)
+            timings[stage] = 0.0
+            continue
+        staging = out / ".staging" / folder
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        start = time.time()
+        log.info("%s: building (%s, seed %d)", stage, size, seed)
+        builder(staging, SIZES[size], seed, out)
+        final = out / folder
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        if stage == "pool":  # manifest paths were written inside the staging folder
+            manifest = final / "manifest.tsv"
+            manifest.write_text(manifest.read_text().replace(str(staging.resolve()), str(final.resolve())))
+        timings[stage] = round(time.time() - start, 1)
+        marker.write_text(json.dumps(dict(params, seconds=timings[stage])))
+        log.info("%s: done in %.1f s", stage, timings[stage])
+    shutil.rmtree(out / ".staging", ignore_errors=True)
+    return timings

@@ -1,0 +1,81 @@
+"""Sizes, parallel rendering and datasheets shared by every corpus builder."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TypeVar
+
+import soundfile as sf
+from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much of everything to build. `test` exists for the test suite only."""
+
+    name: str
+    ls_voices: tuple[int, int, int]  # train / dev / test synthetic voices (LibriSpeech)
+    ls_utts: int  # utterances per voice
+    ks_voices: tuple[int, int]  # train-root / test-root voices (Speech Commands)
+    ks_unknown_words: int
+    sid_synth: int  # synthetic SID speakers
+    sid_real: int  # real SID speakers (most available first)
+    sid_utts: int  # utterances per speaker
+    fsc_voices: tuple[int, int, int]
+    fsc_utts: int  # utterances per voice
+    notes_per_font: int  # pitch/instrument notes per training soundfont
+    crops_per_file: int  # sound-event crops per source file
+    drum_hits_per_kit: int
+    sed_clips: tuple[int, int, int]
+    pool_items: int  # per domain
+
+
+SIZES: dict[str, Size] = {
+    "test": Size("test", (3, 1, 1), 3, (3, 2), 2, 3, 2, 6, (3, 1, 1), 4, 48, 1, 12, (6, 3, 3), 4),
+    "mini": Size("mini", (8, 2, 2), 10, (8, 3), 6, 12, 10, 12, (6, 2, 2), 12, 240, 2, 40, (40, 10, 10), 30),
+    "small": Size("small", (24, 4, 4), 25, (24, 6), 10, 40, 24, 24, (12, 3, 3), 30, 700, 3, 200, (160, 40, 40), 150),
+}
+
+
+def workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def pmap(fn: Callable[[T], R], items: Sequence[T], desc: str) -> list[R]:
+    """Order-preserving parallel map with a progress bar. Threads suffice: the work is in
+    synthesizer subprocesses and numpy/torch code that releases the GIL."""
+    with ThreadPoolExecutor(max_workers=workers()) as pool:
+        return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="clip", leave=False))
+
+
+def audio_stats(paths: Iterable[Path]) -> tuple[int, float]:
+    """(number of files, total hours) from the headers."""
+    n, seconds = 0, 0.0
+    for path in paths:
+        info = sf.info(str(path))
+        n += 1
+        seconds += info.frames / info.samplerate
+    return n, seconds / 3600.0
+
+
+def fmt_hours(hours: float) -> str:
+    return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.2f} h"
+
+
+def write_datasheet(path: Path, title: str, sections: dict[str, str]) -> None:
+    """README.md beside a corpus: one heading per section."""
+    lines = [f"# {title}", ""]
+    for heading, body in sections.items():
+        lines += [f"## {heading}", "", body.strip(), ""]
+    path.write_text("\n".join(lines))
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
