@@ -5,11 +5,15 @@ Every patch checks first and only adds what is missing, so it is a no-op on stac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
+import os
 import pathlib
 import sys
 from types import ModuleType
 from typing import Iterator
+
+import torch
 
 
 @contextlib.contextmanager
@@ -48,3 +52,362 @@ def import_torchaudio() -> ModuleType:
     with _hide_native_libs(lib_dir):
         import torchaudio
     return torchaudio
+
+
+# --------------------------------------------------------------------------------------------
+# s3prl 0.4.18 on torchaudio >= 2.9: backend API, audio I/O and sox effects it still calls.
+# --------------------------------------------------------------------------------------------
+
+FULL_LOAD_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+# soundfile subtype -> (bits_per_sample, torchaudio encoding name)
+_SUBTYPE_INFO: dict[str, tuple[int, str]] = {
+    "PCM_S8": (8, "PCM_S"),
+    "PCM_U8": (8, "PCM_U"),
+    "PCM_16": (16, "PCM_S"),
+    "PCM_24": (24, "PCM_S"),
+    "PCM_32": (32, "PCM_S"),
+    "FLOAT": (32, "PCM_F"),
+    "DOUBLE": (64, "PCM_F"),
+    "ULAW": (8, "ULAW"),
+    "ALAW": (8, "ALAW"),
+}
+
+
+@dataclasses.dataclass
+class AudioMetaData:
+    """What torchaudio.info used to return (s3prl reads these five fields)."""
+
+    sample_rate: int
+    num_frames: int
+    num_channels: int
+    bits_per_sample: int
+    encoding: str
+
+
+def _torchcodec_usable() -> bool:
+    """True when torchcodec imports (its PyPI wheels are CUDA-linked and fail beside a CPU torch)."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:  # ImportError, OSError or RuntimeError depending on what is broken
+        return False
+    return True
+
+
+def soundfile_load(
+    uri: "str | os.PathLike[str]",
+    frame_offset: int = 0,
+    num_frames: int = -1,
+    normalize: bool = True,
+    channels_first: bool = True,
+    format: "str | None" = None,
+    buffer_size: int = 4096,
+    backend: "str | None" = None,
+) -> tuple[torch.Tensor, int]:
+    """torchaudio.load's contract through soundfile: float32 in [-1, 1] (or int16/int32 samples
+    of PCM files with normalize=False), [channels, time] unless channels_first=False."""
+    import soundfile
+
+    dtype = "float32"
+    if not normalize:
+        dtype = {"PCM_16": "int16", "PCM_32": "int32"}.get(soundfile.info(str(uri)).subtype, "float32")
+    data, sample_rate = soundfile.read(
+        str(uri), start=frame_offset, frames=num_frames, dtype=dtype, always_2d=True, format=format
+    )
+    wav = torch.from_numpy(data)
+    return (wav.t().contiguous() if channels_first else wav), sample_rate
+
+
+def soundfile_save(
+    uri: "str | os.PathLike[str]",
+    src: torch.Tensor,
+    sample_rate: int,
+    channels_first: bool = True,
+    format: "str | None" = None,
+    encoding: "str | None" = None,
+    bits_per_sample: "int | None" = None,
+    buffer_size: int = 4096,
+    backend: "str | None" = None,
+    compression: object = None,
+) -> None:
+    """torchaudio.save's contract through soundfile. Float tensors go to 32-bit float WAV (as
+    torchaudio's sox backend did, so values beyond [-1, 1] survive); int16/int32 to PCM."""
+    import soundfile
+
+    if src.dim() == 1:
+        src = src.unsqueeze(0)
+    if src.dim() != 2:
+        raise ValueError(f"save {uri}: expected a [channels, time] tensor, got shape {tuple(src.shape)}")
+    data = (src.t() if channels_first else src).detach().cpu().numpy()
+    fmt = (format or pathlib.Path(str(uri)).suffix.lstrip(".") or "wav").upper()
+    subtype = None  # soundfile's default for the format
+    if encoding == "PCM_F":
+        subtype = "DOUBLE" if bits_per_sample == 64 else "FLOAT"
+    elif encoding in (None, "PCM_S") and bits_per_sample in (8, 16, 24, 32):
+        subtype = "PCM_S8" if bits_per_sample == 8 else f"PCM_{bits_per_sample}"
+    elif src.dtype in (torch.int16, torch.int32):
+        subtype = "PCM_16" if src.dtype == torch.int16 else "PCM_32"
+    elif src.is_floating_point() and fmt == "WAV":
+        subtype = "FLOAT"
+    soundfile.write(str(uri), data, sample_rate, subtype=subtype, format=fmt)
+
+
+def soundfile_info(
+    uri: "str | os.PathLike[str]", format: "str | None" = None, buffer_size: int = 4096, backend: "str | None" = None
+) -> AudioMetaData:
+    """torchaudio.info's contract through soundfile."""
+    import soundfile
+
+    meta = soundfile.info(str(uri))
+    bits, encoding = _SUBTYPE_INFO.get(meta.subtype, (0, meta.subtype))
+    return AudioMetaData(meta.samplerate, meta.frames, meta.channels, bits, encoding)
+
+
+# ---- torchaudio.sox_effects stand-in ------------------------------------------------------
+# s3prl 0.4.18 calls: channels, rate, gain, norm (KS, QbE, ASV, MOS loaders), silence (ASV),
+# pad, trim (QbE training segments), reverse and vad (sws2013 only). All but vad are below.
+
+
+def _samples(spec: str, sample_rate: int, effect: str) -> int:
+    """A sox time spec -> samples: '1.5' or 'hh:mm:ss.f' seconds, or '1000s' samples."""
+    text = spec.strip()
+    try:
+        if text.endswith("s"):
+            return int(text[:-1])
+        seconds = 0.0
+        for part in text.split(":"):
+            seconds = seconds * 60 + float(part)
+    except ValueError:
+        raise ValueError(f"sox effect {effect!r}: cannot read time {spec!r} (seconds, hh:mm:ss or NNNs samples)") from None
+    return round(seconds * sample_rate)
+
+
+def _position(spec: str, sample_rate: int, total: int, base: int, effect: str) -> int:
+    """A sox trim position: '=T' absolute, '-T' from the end, plain T relative to `base`."""
+    if spec.startswith("="):
+        return _samples(spec[1:], sample_rate, effect)
+    if spec.startswith("-"):
+        return total - _samples(spec[1:], sample_rate, effect)
+    return base + _samples(spec, sample_rate, effect)
+
+
+def _threshold(spec: str) -> float:
+    """A sox silence threshold as a fraction of full scale: '0.1%' or '-60d'."""
+    try:
+        if spec.endswith("%"):
+            return float(spec[:-1]) / 100
+        if spec.endswith("d"):
+            return 10 ** (float(spec[:-1]) / 20)
+    except ValueError:
+        pass
+    raise ValueError(f"sox effect 'silence': threshold {spec!r} must end in % or d (e.g. 0.1% or -60d)")
+
+
+def _peak_normalise(wav: torch.Tensor, level_db: float) -> torch.Tensor:
+    peak = wav.abs().max()
+    return wav if float(peak) == 0.0 else wav * (10 ** (level_db / 20) / peak)
+
+
+def _silence(wav: torch.Tensor, sample_rate: int, args: list[str]) -> torch.Tensor:
+    """sox `silence above_periods [dur thr] [below_periods dur thr]`, without -l.
+
+    Loudness is the RMS over a trailing 20 ms window (sox's window, zeros before the start).
+    Leading audio is dropped until a loud run of at least the above duration; after that, every
+    quiet run of at least the below duration is dropped, then a negative below_periods restarts
+    the leading trim, a positive one stops the output after that many quiet runs.
+    """
+    if "-l" in args:
+        raise ValueError("sox effect 'silence': option -l is not supported by the stand-in")
+    try:
+        above = int(args[0])
+        start_dur = _samples(args[1], sample_rate, "silence") if above else 0
+        start_thr = _threshold(args[2]) if above else 0.0
+        rest = args[3:] if above else args[1:]
+        below = int(rest[0]) if rest else 0
+        stop_dur = _samples(rest[1], sample_rate, "silence") if below else 0
+        stop_thr = _threshold(rest[2]) if below else 0.0
+    except IndexError:
+        raise ValueError(f"sox effect 'silence': incomplete arguments {args}") from None
+    if above not in (0, 1):
+        raise ValueError(f"sox effect 'silence': above_periods {above} is not supported (use 0 or 1)")
+    window = max(1, sample_rate // 50)
+    power = torch.nn.functional.pad(wav.double().pow(2).mean(0), (window, 0)).cumsum(0)
+    rms = ((power[window:] - power[:-window]) / window).clamp_min(0).sqrt()
+    total = wav.shape[-1]
+    loud = {"trim": rms > start_thr, "copy": rms > stop_thr}
+    run_ends = {mode: _run_ends(mask) for mode, mask in loud.items()}
+    keep = torch.zeros(total, dtype=torch.bool)
+    mode, pos, quiet_runs = ("trim" if above else "copy"), 0, 0
+    while pos < total:
+        value = bool(loud[mode][pos])
+        ends = run_ends[mode]
+        end = int(ends[torch.searchsorted(ends, pos, right=True)])
+        if mode == "trim":
+            if value and end - pos >= start_dur:
+                mode = "copy"
+                keep[pos:end] = True
+        elif value or below == 0 or end - pos < stop_dur:
+            keep[pos:end] = True
+        elif below < 0:
+            mode = "trim" if above else "copy"
+        else:
+            quiet_runs += 1
+            if quiet_runs >= below:
+                break
+        pos = end
+    return wav[:, keep]
+
+
+def _run_ends(mask: torch.Tensor) -> torch.Tensor:
+    """Sorted exclusive end index of every constant run in a 1-D bool mask."""
+    changes = torch.nonzero(mask[1:] != mask[:-1]).flatten() + 1
+    return torch.cat([changes, torch.tensor([mask.numel()])])
+
+
+def apply_effects_tensor(
+    tensor: torch.Tensor, sample_rate: int, effects: "list[list[str]]", channels_first: bool = True
+) -> tuple[torch.Tensor, int]:
+    """Apply a chain of sox effects to a [channels, time] tensor (soundfile/torch stand-in for
+    torchaudio.sox_effects, which torchaudio 2.9 removed). Returns (tensor, sample_rate)."""
+    wav = tensor if channels_first else tensor.t()
+    wav = wav.float()
+    for effect in effects:
+        if not effect:
+            raise ValueError("sox effect chain contains an empty effect")
+        name, args = str(effect[0]), [str(a) for a in effect[1:]]
+        if name == "channels":
+            want = int(args[0])
+            if want == 1:
+                wav = wav.mean(0, keepdim=True)
+            elif wav.shape[0] == 1:
+                wav = wav.repeat(want, 1)
+            elif want != wav.shape[0]:
+                raise ValueError(f"sox effect 'channels': cannot map {wav.shape[0]} channels to {want}")
+        elif name == "rate":
+            values = [a for a in args if not a.startswith("-")]
+            if len(values) != 1:
+                raise ValueError(f"sox effect 'rate': expected one rate, got {args}")
+            text = values[0].lower()
+            new_rate = round(float(text[:-1]) * 1000) if text.endswith("k") else round(float(text))
+            if new_rate != sample_rate:
+                functional = import_torchaudio().functional
+                wav = functional.resample(wav, sample_rate, new_rate)
+                sample_rate = new_rate
+        elif name in ("gain", "norm"):
+            normalise = name == "norm" or "-n" in args
+            flags = [a for a in args if a.startswith("-") and not _is_number(a)]
+            if set(flags) - {"-n"}:
+                raise ValueError(f"sox effect {name!r}: options {sorted(set(flags) - {'-n'})} are not supported")
+            levels = [float(a) for a in args if _is_number(a)]
+            level = levels[0] if levels else 0.0
+            wav = _peak_normalise(wav, level) if normalise else wav * 10 ** (level / 20)
+        elif name == "trim":
+            total = wav.shape[-1]
+            start = _position(args[0], sample_rate, total, 0, "trim")
+            end = _position(args[1], sample_rate, total, start, "trim") if len(args) > 1 else total
+            wav = wav[:, max(0, start) : max(0, min(end, total))]
+        elif name == "pad":
+            if any("@" in a for a in args):
+                raise ValueError("sox effect 'pad': length@position is not supported by the stand-in")
+            before = _samples(args[0], sample_rate, "pad") if args else 0
+            after = _samples(args[1], sample_rate, "pad") if len(args) > 1 else 0
+            wav = torch.nn.functional.pad(wav, (before, after))
+        elif name == "reverse":
+            wav = wav.flip(-1)
+        elif name == "silence":
+            wav = _silence(wav, sample_rate, args)
+        else:
+            raise ValueError(
+                f"sox effect {name!r} is not available in this torchaudio ({SOX_EFFECTS} are emulated); "
+                "use a torchaudio build with libsox for it"
+            )
+    return (wav if channels_first else wav.t()), sample_rate
+
+
+SOX_EFFECTS = ["channels", "rate", "gain", "norm", "trim", "pad", "reverse", "silence"]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def apply_effects_file(
+    path: "str | os.PathLike[str]",
+    effects: "list[list[str]]",
+    normalize: bool = True,
+    channels_first: bool = True,
+    format: "str | None" = None,
+) -> tuple[torch.Tensor, int]:
+    """Read an audio file with soundfile, then `apply_effects_tensor`."""
+    wav, sample_rate = soundfile_load(path, format=format)
+    return apply_effects_tensor(wav, sample_rate, effects, channels_first=channels_first)
+
+
+def _add_backend_noops(torchaudio: ModuleType) -> list[str]:
+    """torchaudio 2.9 removed the backend switch s3prl calls at import time; I/O here has one backend."""
+    added = []
+    if not hasattr(torchaudio, "set_audio_backend"):
+        torchaudio.set_audio_backend = lambda backend=None: None  # type: ignore[attr-defined]
+        added.append("torchaudio.set_audio_backend")
+    if not hasattr(torchaudio, "get_audio_backend"):
+        torchaudio.get_audio_backend = lambda: "soundfile"  # type: ignore[attr-defined]
+        added.append("torchaudio.get_audio_backend")
+    return added
+
+
+def _add_soundfile_io(torchaudio: ModuleType) -> list[str]:
+    """load/save/info through soundfile where they are missing or route to an unusable torchcodec."""
+    codec_backed = hasattr(torchaudio, "load_with_torchcodec") and not _torchcodec_usable()
+    added = []
+    for name, replacement in (("load", soundfile_load), ("save", soundfile_save), ("info", soundfile_info)):
+        current = getattr(torchaudio, name, None)
+        if current is None or (codec_backed and name in ("load", "save") and current is not replacement):
+            setattr(torchaudio, name, replacement)
+            added.append(f"torchaudio.{name}")
+    return added
+
+
+def _add_sox_effects(torchaudio: ModuleType) -> list[str]:
+    """Install the `torchaudio.sox_effects` stand-in when torchaudio has no such module."""
+    existing = sys.modules.get("torchaudio.sox_effects")
+    if existing is not None:  # imported (a real one, or ours): only make sure the attribute points at it
+        if getattr(torchaudio, "sox_effects", None) is existing:
+            return []
+        torchaudio.sox_effects = existing  # type: ignore[attr-defined]
+        return ["torchaudio.sox_effects"]
+    if importlib.util.find_spec("torchaudio.sox_effects") is not None:
+        return []
+    module = ModuleType("torchaudio.sox_effects", "soundfile/torch stand-in installed by usad_upstream.compat")
+    module.apply_effects_tensor = apply_effects_tensor  # type: ignore[attr-defined]
+    module.apply_effects_file = apply_effects_file  # type: ignore[attr-defined]
+    module.effect_names = lambda: list(SOX_EFFECTS)  # type: ignore[attr-defined]
+    sys.modules["torchaudio.sox_effects"] = module
+    torchaudio.sox_effects = module  # type: ignore[attr-defined]
+    return ["torchaudio.sox_effects"]
+
+
+def _allow_full_torch_load() -> list[str]:
+    """torch >= 2.6 loads weights-only by default; s3prl's runner checkpoints pickle an
+    argparse.Namespace (`-e` resume, `-m evaluate`), so allow full loads unless the user decided."""
+    if FULL_LOAD_ENV in os.environ or torch.__version__ < "2.6":
+        return []
+    os.environ[FULL_LOAD_ENV] = "1"
+    return [FULL_LOAD_ENV]
+
+
+def patch_s3prl() -> list[str]:
+    """Make s3prl 0.4.18 import and run on this torch/torchaudio; call before importing s3prl.
+
+    Idempotent: each patch checks first and adds only what is missing. Returns what it added.
+    """
+    torchaudio = import_torchaudio()
+    return (
+        _add_backend_noops(torchaudio)
+        + _add_soundfile_io(torchaudio)
+        + _add_sox_effects(torchaudio)
+        + _allow_full_torch_load()
+    )
