@@ -1,0 +1,1 @@
+"""Distilling a USAD student from frozen teachers: objective, data pipeline, trainer, CLI."""
