@@ -1,0 +1,336 @@
+"""`usad bench`: USAD vs its teachers and peers, side by side in one process on the same inputs.
+
+Weights do not change speed, so every model is randomly initialised; the teachers are written
+in their original on-disk formats and loaded through the real loaders. Results go to
+results/bench/<device>-<date>.json plus a Markdown table; ratios are computed within the run.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+SAMPLE_RATE = 16000
+LONG_WINDOW_S = 30  # waveform models without their own chunking run long input in 30 s windows
+
+Runner = Callable[[torch.Tensor, torch.Tensor], object]
+
+
+@dataclass
+class Contender:
+    name: str
+    run: Runner
+    parameters: int
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_freed_memory_to_os() -> None:
+    """Make CPU RSS follow live tensors: glibc keeps freed blocks otherwise (dynamic mmap threshold)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD fixed at 128 KiB: big buffers are mmapped
+    libc.malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak process RSS (CPU) or peak allocated memory (CUDA) while the block runs, above the
+    level before it. On CPU, call release_freed_memory_to_os() once first."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+        self.baseline = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+        else:
+            self.baseline = self.peak = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+def _windowed(run: Runner, window_s: int = LONG_WINDOW_S) -> Runner:
+    """Run a model without built-in chunking over consecutive windows of the input."""
+    window = window_s * SAMPLE_RATE
+
+    def go(wavs: torch.Tensor, lens: torch.Tensor) -> object:
+        if wavs.shape[1] <= window:
+            return run(wavs, lens)
+        outs = []
+        for start in range(0, wavs.shape[1], window):
+            piece = wavs[:, start : start + window]
+            if piece.shape[1] >= 400:
+                outs.append(run(piece, (lens - start).clamp(400, piece.shape[1])))
+        return outs
+
+    return go
+
+
+def _usad(size: str, device: torch.device) -> Contender:
+    from .model import build_model
+
+    model = build_model(size).to(device).eval()
+    return Contender(f"usad_{size}", lambda w, n: model(w, n), model.num_parameters())
+
+
+def _teacher_files(workdir: Path) -> dict[str, Path]:
+    from .teachers.fixtures import write_atst_checkpoint, write_wavlm_checkpoint
+
+    files = {"wavlm": workdir / "WavLM-Base+.pt", "atst_frame": workdir / "atstframe_base.ckpt"}
+    if not files["wavlm"].exists():
+        write_wavlm_checkpoint(files["wavlm"])
+    if not files["atst_frame"].exists():
+        write_atst_checkpoint(files["atst_frame"])
+    return files
+
+
+def _teacher(kind: str, workdir: Path, device: torch.device):  # type: ignore[no-untyped-def]
+    from .teachers import build_teacher
+
+    return build_teacher({"kind": kind, "path": str(_teacher_files(workdir)[kind])}).to(device)
+
+
+def _distilhubert(device: torch.device) -> Contender:
+    from .compat import patch_s3prl
+
+    patch_s3prl()
+    from s3prl.upstream.distiller.model import DistillerConfig, DistillerModel
+
+    # DistilHuBERT: HuBERT's CNN, 2 transformer layers of 768, 3 prediction heads.
+    model = DistillerModel(DistillerConfig({"encoder_layers": 2, "n_tasks": 3, "final_dim": 768})).to(device).eval()
+
+    def run(wavs: torch.Tensor, lens: torch.Tensor) -> object:
+        pad = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lens[:, None]
+        return model(wavs, pad, get_hidden=True)
+
+    return Contender("distilhubert", _windowed(run), sum(p.numel() for p in model.parameters()))
+
+
+def build_contenders(names: Sequence[str], workdir: Path, device: torch.device) -> list[Contender]:
+    """Instantiate the requested models; 'wavlm+atst' runs both teachers on the same batch."""
+    out = []
+    teachers: dict[str, torch.nn.Module] = {}
+
+    def teacher(kind: str) -> torch.nn.Module:
+        if kind not in teachers:
+            teachers[kind] = _teacher(kind, workdir, device)
+        return teachers[kind]
+
+    def params(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    for name in names:
+        if name.startswith("usad_"):
+            out.append(_usad(name.removeprefix("usad_"), device))
+        elif name == "wavlm_base_plus":
+            wavlm = teacher("wavlm")
+            out.append(Contender(name, _windowed(wavlm), params(wavlm)))
+        elif name == "atst_frame":
+            atst = teacher("atst_frame")
+            out.append(Contender(name, atst, params(atst)))
+        elif name == "wavlm+atst":
+            wavlm, atst = teacher("wavlm"), teacher("atst_frame")
+            out.append(Contender(name, lambda w, n, a=_windowed(wavlm), b=atst: (a(w, n), b(w, n)), params(wavlm) + params(atst)))
+        elif name == "distilhubert":
+            out.append(_distilhubert(device))
+        else:
+            raise ValueError(f"unknown benchmark model {name!r}; choose from {sorted(DEFAULT_MODELS)}")
+    return out
+
+
+DEFAULT_MODELS = ("usad_small", "usad_base", "usad_large", "wavlm_base_plus", "atst_frame", "wavlm+atst", "distilhubert")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(run: Runner, wavs: torch.Tensor, lens: torch.Tensor, repeats: int, device: torch.device) -> float:
+    """Best-of-N wall time (one warm-up call first); the minimum is the least noisy estimate."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), autocast:
+        run(wavs, lens)
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            run(wavs, lens)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _inputs(batch: int, seconds: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    wavs = (0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=gen)).to(device)
+    return wavs, torch.full((batch,), wavs.shape[1], dtype=torch.long, device=device)
+
+
+def run_bench(
+    models: Sequence[str] = DEFAULT_MODELS,
+    batches: Sequence[int] = (1, 8),
+    clip_seconds: float = 10.0,
+    lengths: Sequence[float] = (1, 10, 60, 300, 1200),
+    sweep_models: Sequence[str] = ("usad_small", "usad_base", "wavlm_base_plus", "atst_frame"),
+    repeats: int = 3,
+    threads: int = 2,
+    device: str = "cpu",
+    workdir: "Path | None" = None,
+) -> dict:
+    """Measure throughput (s of audio / s), peak memory and time vs length; returns the record."""
+    dev = torch.device(device)
+    torch.set_num_threads(threads)
+    if dev.type == "cpu":
+        release_freed_memory_to_os()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="usad-bench-"))
+    contenders = build_contenders(models, workdir, dev)
+    rows = []
+    for batch in batches:
+        wavs, lens = _inputs(batch, clip_seconds, dev)
+        for c in tqdm(contenders, desc=f"batch {batch} x {clip_seconds:g} s", unit="model"):
+            seconds = time_call(c.run, wavs, lens, repeats, dev)
+            with PeakMemory(dev) as mem, torch.inference_mode():
+                c.run(wavs, lens)
+            rows.append({"model": c.name, "params": c.parameters, "batch": batch, "clip_s": clip_seconds,
+                         "seconds": seconds, "audio_s_per_s": batch * clip_seconds / seconds,
+                         "peak_mem_mb": round(mem.extra_mb, 1)})
+    sweep = []
+    for c in contenders:
+        if c.name not in sweep_models:
+            continue
+        for seconds in tqdm(lengths, desc=f"length sweep {c.name}", unit="len"):
+            wavs, lens = _inputs(1, seconds, dev)
+            with PeakMemory(dev) as mem:
+                took = time_call(c.run, wavs, lens, 1, dev)
+            sweep.append({"model": c.name, "input_s": seconds, "seconds": took, "peak_mem_mb": round(mem.extra_mb, 1)})
+    record = {
+        "device": _device_name(dev), "date": dt.date.today().isoformat(), "threads": threads,
+        "torch": torch.__version__, "throughput": rows, "length_sweep": sweep,
+        "ratios": headline_ratios(rows),
+    }
+    return record
+
+
+def headline_ratios(rows: Sequence[dict]) -> dict[str, float]:
+    """Speed-ups of each model over WavLM Base+ and over the two teachers together, per batch."""
+    out = {}
+    for batch in sorted({r["batch"] for r in rows}):
+        speed = {r["model"]: r["audio_s_per_s"] for r in rows if r["batch"] == batch}
+        for ref in ("wavlm_base_plus", "wavlm+atst"):
+            if ref not in speed:
+                continue
+            for name, value in speed.items():
+                if name != ref:
+                    out[f"b{batch}:{name}/{ref}"] = round(value / speed[ref], 3)
+    return out
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev).replace(" ", "-")
+    return f"cpu-{platform.machine()}-{os.cpu_count()}core"
+
+
+def markdown_table(record: dict) -> str:
+    """The README table: throughput per model and batch, with the ratios against the teachers."""
+    lines = [f"Device: {record['device']}, {record['threads']} threads, torch {record['torch']}, {record['date']}", "",
+             "| model | params (M) | batch | audio s / s | x WavLM Base+ | x WavLM+ATST | peak mem (MB) |",
+             "|---|---|---|---|---|---|---|"]
+    ratios = record["ratios"]
+
+    def ratio(row: dict, ref: str) -> str:
+        if row["model"] == ref:
+            return "1.00"
+        value = ratios.get(f"b{row['batch']}:{row['model']}/{ref}")
+        return "-" if value is None else f"{value:.2f}"
+
+    for r in record["throughput"]:
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.1f} | {r['batch']} x {r['clip_s']:g} s | {r['audio_s_per_s']:.1f} | "
+            f"{ratio(r, 'wavlm_base_plus')} | {ratio(r, 'wavlm+atst')} | {r['peak_mem_mb']:.0f} |"
+        )
+    if record["length_sweep"]:
+        lines += ["", "| model | input length (s) | seconds | peak mem (MB) |", "|---|---|---|---|"]
+        lines += [f"| {s['model']} | {s['input_s']:g} | {s['seconds']:.2f} | {s['peak_mem_mb']:.0f} |" for s in record["length_sweep"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_record(record: dict, out_dir: "str | os.PathLike[str]") -> tuple[Path, Path]:
+    """results/bench/<device>-<date>.json and .md, written atomically."""
+    from .checkpoint import atomic_write
+
+    stem = Path(out_dir) / f"{record['device']}-{record['date']}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write(md_path, lambda tmp: Path(tmp).write_text(markdown_table(record)))
+    return json_path, md_path
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def _command(args) -> int:  # type: ignore[no-untyped-def]
+    record = run_bench(
+        models=args.models.split(","), batches=[int(b) for b in args.batches.split(",")],
+        clip_seconds=args.clip_seconds, lengths=_floats(args.lengths), sweep_models=args.sweep_models.split(","),
+        repeats=args.repeats, threads=args.threads, workdir=args.workdir,
+        device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
+    )
+    json_path, md_path = write_record(record, args.out)
+    print(markdown_table(record))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def register(sub) -> None:  # type: ignore[no-untyped-def]
+    p = sub.add_parser("bench", help="throughput / memory of USAD vs WavLM Base+, ATST-Frame, DistilHuBERT")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--clip-seconds", type=float, default=10.0)
+    p.add_argument("--lengths", default="1,10,60,300,1200", help="input lengths (s) of the time-vs-length sweep")
+    p.add_argument("--sweep-models", default="usad_small,usad_base,wavlm_base_plus,atst_frame")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    p.add_argument("--workdir", default=None, help="where the random teacher checkpoints are written (reused)")
+    p.add_argument("--out", default="results/bench")
+    p.set_defaults(func=_command)
