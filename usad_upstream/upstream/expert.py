@@ -1,0 +1,86 @@
+"""The s3prl upstream expert: a USAD student checkpoint behind s3prl's UpstreamBase interface.
+
+hidden_states follows s3prl's other transformer upstreams (WavLM, HuBERT, wav2vec 2.0): entry 0 is
+the input embedding (conv subsampling + convolutional positions, i.e. what enters block 1), then
+one entry per transformer block (the model's `hidden_states`), so a `base` model gives 13 and the
+SUPERB weighted sum sees the same kind of stack as for the other upstreams. last_hidden_state is
+the model's final output (after the final LayerNorm). All at 50 Hz (downsample rate 320); the
+frame count, (N - 400) // 320 + 1, is exactly wav2vec 2.0's, so s3prl's Featurizer and
+S3PRLUpstream length rules hold for every input of at least 400 samples.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from ..checkpoint import HOW_TO_GET, CheckpointError, load_model
+from ..compat import patch_s3prl
+
+patch_s3prl()
+
+from s3prl.upstream.interfaces import UpstreamBase  # noqa: E402  (needs the patch above)
+
+
+class UsadUpstreamError(ValueError):
+    """A missing or unusable checkpoint/config given to the usad upstream."""
+
+
+class UpstreamExpert(UpstreamBase):
+    """USAD for s3prl's runner, Featurizer and S3PRLUpstream: list of 1-D 16 kHz waveforms in,
+    {"hidden_states": [embedding, block 1, ..., block L], "last_hidden_state": final output} out."""
+
+    def __init__(self, ckpt: str, model_config: "str | None" = None, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        if model_config:
+            raise UsadUpstreamError(
+                f"usad upstream: -g/model_config ({model_config}) is not used, the checkpoint carries its "
+                "own config; drop the option"
+            )
+        try:
+            self.model = load_model(ckpt)
+        except CheckpointError as exc:
+            message = str(exc) if HOW_TO_GET in str(exc) else f"{exc}; {HOW_TO_GET}"
+            raise UsadUpstreamError(f"usad upstream: {message}") from None
+        self._block_inputs: list[torch.Tensor] = []
+        self.model.blocks[0].register_forward_pre_hook(self._capture_block_input)
+
+    def _capture_block_input(self, module: nn.Module, args: tuple) -> None:
+        self._block_inputs.append(args[0])
+
+    def get_downsample_rates(self, key: str) -> int:
+        return self.model.downsample_rate
+
+    def forward(self, wavs: "list[torch.Tensor]") -> "dict[str, object]":
+        if not isinstance(wavs, (list, tuple)) or not wavs:
+            raise ValueError(f"usad upstream expects a non-empty list of 1-D waveforms, got {type(wavs).__name__}")
+        shapes = [tuple(w.shape) for w in wavs]
+        if any(len(s) != 1 for s in shapes):
+            raise ValueError(f"usad upstream expects 1-D waveforms (16 kHz mono), got shapes {shapes}")
+        lens = torch.tensor([s[0] for s in shapes], device=wavs[0].device)
+        self._block_inputs.clear()
+        try:
+            out = self.model(pad_sequence(list(wavs), batch_first=True), lens)
+            embedding = self._input_embedding(out["lengths"], len(wavs))
+        finally:
+            self._block_inputs.clear()
+        return {"hidden_states": [embedding, *out["hidden_states"]], "last_hidden_state": out["x"]}
+
+    def _input_embedding(self, lengths: torch.Tensor, batch: int) -> torch.Tensor:
+        """Join the block-1 inputs of every encoder window into [B, T, D], zero past each length.
+
+        Windows after the first hold only the items still running; item b runs in a window iff
+        its total frame count exceeds the frames before that window (earlier windows were full).
+        """
+        pieces, offset = [], 0
+        for part in self._block_inputs:
+            alive = lengths > offset
+            if int(alive.sum()) != part.shape[0]:
+                raise RuntimeError(f"usad upstream: window at frame {offset} has {part.shape[0]} rows, expected {int(alive.sum())}")
+            full = part.new_zeros(batch, part.shape[1], part.shape[2])
+            full[alive] = part
+            pieces.append(full)
+            offset += part.shape[1]
+        embedding = torch.cat(pieces, dim=1)
+        valid = torch.arange(embedding.shape[1], device=embedding.device)[None, :] < lengths[:, None]
+        return embedding * valid[..., None]

@@ -1,0 +1,49 @@
+"""s3prl hub entries for USAD (`-u usad -k CKPT`, `S3PRLUpstream("usad", path_or_url=CKPT)`).
+
+Registration is explicit: `register_s3prl_upstreams()` adds the entries to `s3prl.hub`, the one
+table that run_downstream's Runner, `hub.options()` and `s3prl.nn.S3PRLUpstream` look names up in.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..checkpoint import HOW_TO_GET
+from .expert import UpstreamExpert, UsadUpstreamError
+
+
+def usad(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None" = None, **kwargs: object) -> UpstreamExpert:
+    """USAD student from a local .safetensors checkpoint (ours or the released weights).
+
+    `refresh` and other s3prl hub options are accepted and ignored: nothing is downloaded.
+    """
+    kwargs.pop("refresh", None)
+    if not ckpt:
+        raise UsadUpstreamError(
+            "the usad upstream needs a checkpoint: pass -k/--upstream_ckpt PATH to run_downstream.py or "
+            f"path_or_url=PATH to S3PRLUpstream; {HOW_TO_GET}"
+        )
+    text = str(ckpt)
+    if "://" in text:
+        raise UsadUpstreamError(f"usad upstream: {text} is a URL; download the .safetensors file first and pass its path")
+    if not Path(text).is_file():
+        raise UsadUpstreamError(f"usad upstream: checkpoint not found: {text}; {HOW_TO_GET}")
+    return UpstreamExpert(text, model_config=model_config, **kwargs)
+
+
+def usad_local(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None" = None, **kwargs: object) -> UpstreamExpert:
+    """Alias of `usad`, following s3prl's `<name>_local` convention for local checkpoints."""
+    return usad(ckpt, model_config, **kwargs)
+
+
+ENTRIES: dict[str, Callable[..., UpstreamExpert]] = {"usad": usad, "usad_local": usad_local}
+
+
+def register_s3prl_upstreams() -> list[str]:
+    """Add the USAD entries to s3prl.hub (idempotent); returns the registered names."""
+    import s3prl.hub as hub
+
+    for name, entry in ENTRIES.items():
+        setattr(hub, name, entry)
+    return sorted(ENTRIES)
