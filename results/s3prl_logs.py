@@ -182,14 +182,17 @@ def select_scores(obs: list[Observation], metric: str, higher_is_better: bool) -
     # The same dev evaluation may appear in several formats; prefer ones that carry a step.
     stepped = [o for o in dev_obs if o.step is not None]
     best_dev = _best(stepped or dev_obs, higher_is_better)
-    test_stage = [o for o in mine if o.split == "test" and o.source == "test-stage"]
-    test: "Observation | None" = test_stage[-1] if test_stage else None
-    if test is None and best_dev is not None and best_dev.step is not None:
-        at_best = [o for o in mine if o.split == "test" and o.step == best_dev.step]
+    test_obs = [o for o in mine if o.split == "test"]
+    test_stage = [o for o in test_obs if o.source == "test-stage"]
+    test: "Observation | None"
+    if best_dev is None:
+        # No dev split at all (ASV scores every kept checkpoint on test): the best test score.
+        test = _best(test_stage or test_obs, higher_is_better)
+    elif test_stage:
+        test = test_stage[-1]  # the recipe evaluated the best-dev checkpoint
+    else:
+        at_best = [o for o in test_obs if best_dev.step is not None and o.step == best_dev.step]
         test = at_best[-1] if at_best else None
-    if test is None and best_dev is None:
-        # No dev split logged at all (e.g. ASV evaluates test checkpoints only): best test.
-        test = _best([o for o in mine if o.split == "test"], higher_is_better)
     return TaskScores(
         metric=metric,
         dev=best_dev.value if best_dev else None,

@@ -20,7 +20,7 @@ class SuperbTask:
     expert: str
     metric: str
     higher_is_better: bool
-    # s3prl logs fractions; published tables use percent. MTWV is reported as is.
+    # Factor from what the s3prl expert logs to the published unit (percent; MTWV as is).
     scale: float = 100.0
 
 
@@ -32,7 +32,7 @@ SUPERB_TASKS: dict[str, SuperbTask] = {
         SuperbTask("IC", "fluent_commands", "acc", higher_is_better=True),
         SuperbTask("SID", "voxceleb1", "acc", higher_is_better=True),
         SuperbTask("ER", "emotion", "acc", higher_is_better=True),
-        SuperbTask("ASR", "asr", "wer", higher_is_better=False),
+        SuperbTask("ASR", "asr", "wer", higher_is_better=False, scale=1.0),  # asr logs percent
         SuperbTask("SD", "diarization", "der", higher_is_better=False),
         SuperbTask("SF", "ctc", "slot_type_f1", higher_is_better=True),
         SuperbTask("ASV", "sv_voxceleb1", "eer", higher_is_better=False),

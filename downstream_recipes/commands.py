@@ -1,0 +1,106 @@
+"""`usad superb run`, `usad hear run` and `usad leaderboard`: thin wrappers over the recipes.
+
+    usad superb run --task ks --upstream usad -k CKPT --data ROOT [--device cuda] [--name N] [--quick]
+    usad hear run --module hear_api --model CKPT --tasks-dir DIR [--grid fast|default]
+    usad leaderboard RUNS_DIR -o OUT_DIR
+
+`usad hear run` lives in the `hear` group that usad_upstream/hear.py creates; that module calls
+`add_hear_run()` below to attach it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _superb_run(args: argparse.Namespace) -> int:
+    from .superb.recipes import get_recipe
+    from .superb.runner import SuperbRun, run_superb
+
+    steps = args.steps
+    if args.quick and steps is None:
+        steps = get_recipe(args.task).quick_steps
+    run = SuperbRun(
+        task=args.task, upstream=args.upstream, data=Path(args.data), runs_dir=Path(args.runs_dir),
+        upstream_ckpt=Path(args.upstream_ckpt) if args.upstream_ckpt else None, name=args.name,
+        device=args.device, steps=steps, workers=args.workers, override=args.override,
+    )
+    expdir = run_superb(run)
+    print(f"SUPERB {run.recipe.task} done: {expdir}")
+    return 0
+
+
+def _hear_run(args: argparse.Namespace) -> int:
+    from .hear.runner import HearRun, run_hear
+
+    try:
+        options = json.loads(args.model_options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model-options is not valid JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise ValueError("--model-options must be a JSON object")
+    run = HearRun(
+        module=args.module, tasks_dir=Path(args.tasks_dir), model=Path(args.model) if args.model else None,
+        runs_dir=Path(args.runs_dir), name=args.name, grid=args.grid, tasks=tuple(args.task or ()),
+        model_options=options,
+    )
+    run_dir = run_hear(run)
+    print(f"HEAR done: {run_dir}")
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from results.collect import collect
+    from results.published import load_published
+    from results.render import render
+
+    measured = collect(args.runs_dir)
+    paths = render(measured, load_published(which=args.published), args.output, title=args.title)
+    n_gaps = int(measured["score"].isna().sum()) if not measured.empty else 0
+    print(f"{len(measured)} measured rows ({n_gaps} gaps) -> " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def add_hear_run(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Attach `run` to the `usad hear` subcommand group."""
+    from .hear.runner import GRIDS
+
+    p = commands.add_parser("run", help="heareval embeddings + predictions over every task of a tasks dir")
+    p.add_argument("--module", default="hear_api", help="HEAR API module (default: hear_api)")
+    p.add_argument("--model", help="weights file for the module's load_model (a USAD .safetensors for hear_api)")
+    p.add_argument("--tasks-dir", required=True, help="folder of HEAR task directories")
+    p.add_argument("--task", action="append", help="only this task directory (repeatable)")
+    p.add_argument("--grid", choices=GRIDS, default="default", help="heareval's hyperparameter grid (default: default)")
+    p.add_argument("--model-options", default="{}", help="JSON kwargs for load_model, as heareval's option")
+    p.add_argument("--runs-dir", default="runs", help="root of run directories (default: runs)")
+    p.add_argument("--name", help="run name (default: <module>-<checkpoint stem>)")
+    p.set_defaults(func=_hear_run)
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .superb.recipes import RECIPES
+
+    superb = sub.add_parser("superb", help="SUPERB tasks through s3prl's run_downstream")
+    commands = superb.add_subparsers(dest="superb_command", required=True, metavar="SUPERB_COMMAND")
+    p = commands.add_parser("run", help="train, pick the best dev checkpoint, test (finished stages are skipped)")
+    p.add_argument("--task", required=True, type=str.upper, choices=list(RECIPES), help="SUPERB task")
+    p.add_argument("--upstream", "-u", required=True, help="s3prl upstream name: usad, fbank, wavlm_local, ...")
+    p.add_argument("--upstream-ckpt", "-k", help="upstream checkpoint (for usad: a .safetensors student)")
+    p.add_argument("--data", required=True, help="dataset root for the task (layout: downstream_recipes/superb/recipes.py)")
+    p.add_argument("--device", help="torch device for s3prl (default: cuda if available, else cpu)")
+    p.add_argument("--name", help="run name (default: <upstream>-<checkpoint stem>)")
+    p.add_argument("--runs-dir", default="runs", help="root of run directories (default: runs)")
+    p.add_argument("--steps", type=int, help="train this many steps instead of the SUPERB count (evals scale along)")
+    p.add_argument("--quick", action="store_true", help="short CPU run: the task's quick step count (see recipes.py)")
+    p.add_argument("--workers", type=int, help="dataloader workers (default: the config's)")
+    p.add_argument("--override", "-o", help="extra s3prl -o overrides, e.g. config.optimizer.lr=1e-3")
+    p.set_defaults(func=_superb_run)
+
+    p = sub.add_parser("leaderboard", help="collect SUPERB/HEAR runs into CSV, Markdown, HTML and PNG leaderboards")
+    p.add_argument("runs_dir", help="directory searched for s3prl experiments and heareval outputs")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--published", choices=("paper", "all", "none"), default="paper",
+                   help="published numbers to show: the USAD paper's tables (default), all, none")
+    p.add_argument("--title", default="USAD leaderboard")
+    p.set_defaults(func=_leaderboard)

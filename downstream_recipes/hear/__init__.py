@@ -1,0 +1,1 @@
+"""HEAR recipe: heareval's embeddings and predictions runners over a tasks directory."""

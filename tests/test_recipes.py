@@ -1,0 +1,147 @@
+"""SUPERB/HEAR recipes: overrides, data layouts, stage bookkeeping, s3prl fixes (fast tests)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from downstream_recipes.superb import recipes, runner
+from downstream_recipes.superb.libriphone import LibriPhoneDataset, read_lexicon
+from downstream_recipes.superb.s3prl_entry import DistributedSamplerWrapper
+from results.manifest import read_manifest
+
+
+def test_overrides_are_python_literals_for_s3prl() -> None:
+    text = recipes.format_overrides({"config.a.path": Path("/d/x y"), "config.b": 3, "config.c": [Path("/l.txt")]})
+    assert text == "config.a.path='/d/x y',,config.b=3,,config.c=['/l.txt']"
+    # s3prl evaluates each value: a path that looks like arithmetic must stay a string.
+    assert eval(recipes.format_overrides({"k": "1/2"}).split("=", 1)[1]) == "1/2"
+    with pytest.raises(ValueError, match="cannot carry"):
+        recipes.format_overrides({"k": Path("/a=b")})
+
+
+def test_step_overrides_keep_two_dev_evaluations() -> None:
+    ks = recipes.get_recipe("ks")
+    assert recipes.step_overrides(ks, 120) == {"config.runner.total_steps": 120, "config.runner.eval_step": 30,
+                                               "config.runner.save_step": 30, "config.runner.log_step": 12}
+    assert recipes.step_overrides(ks, 2)["config.runner.eval_step"] == 1
+    with pytest.raises(ValueError, match="--steps"):
+        recipes.step_overrides(ks, 0)
+    with pytest.raises(ValueError, match="unknown SUPERB task"):
+        recipes.get_recipe("qbe")
+
+
+def test_every_recipe_config_parses_and_names_its_data_keys() -> None:
+    import yaml
+
+    for recipe in recipes.RECIPES.values():
+        config = yaml.safe_load(recipe.config.read_text())
+        assert config["runner"]["total_steps"] >= 30000, recipe.task
+        node = config
+        for part in recipe.workers_key.split(".")[1:]:
+            node = node[part]
+        assert isinstance(node, int), recipe.task
+
+
+def test_data_layouts_name_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="KS training data not found; looked for .*speech_commands_v0.01"):
+        recipes.RECIPES["KS"].data(tmp_path, tmp_path)
+    (tmp_path / "speech_commands_v0.01").mkdir()
+    (tmp_path / "speech_commands_test_set_v0.01").mkdir()
+    got = recipes.RECIPES["KS"].data(tmp_path, tmp_path)
+    assert got["config.downstream_expert.datarc.speech_commands_test_root"] == tmp_path / "speech_commands_test_set_v0.01"
+
+
+def _librispeech(root: Path) -> None:
+    for split in recipes.LIBRISPEECH_SPLITS.values():
+        chapter = root / split / "19" / "198"
+        chapter.mkdir(parents=True)
+        (chapter / "19-198.trans.txt").write_text("19-198-0000 HELLO WORLD\n19-198-0001 HELLO\n")
+        for utt in ("19-198-0000", "19-198-0001"):
+            (chapter / f"{utt}.flac").write_bytes(b"")
+    (root / "lexicon.txt").write_text("HELLO\tHH AH0 L OW1\nWORLD W ER1 L D\nHELLO HH EH0 L OW1\n")
+    (root / "phoneme.txt").write_text("\n".join(["HH", "AH0", "EH0", "L", "OW1", "W", "ER1", "D"]) + "\n")
+
+
+def test_pr_prepares_libriphone_csvs_and_dataset(tmp_path: Path) -> None:
+    from s3prl.downstream.ctc.text import load_text_encoder
+
+    _librispeech(tmp_path / "ls")
+    values = recipes.RECIPES["PR"].data(tmp_path / "ls", tmp_path / "exp")
+    csv_dir = values["config.downstream_expert.corpus.csv_dir"]
+    assert sorted(p.name for p in csv_dir.iterdir()) == ["dev.csv", "test.csv", "train.csv"]
+    tokenizer = load_text_encoder("word", str(tmp_path / "ls" / "phoneme.txt"))
+    ds = LibriPhoneDataset("train.csv", tokenizer, 1, values["config.downstream_expert.corpus.lexicon"], str(csv_dir))
+    wav, tokens = ds[0]  # longest first; the first pronunciation of HELLO wins
+    assert wav.endswith("19-198-0000.flac")
+    assert tokenizer.decode(tokens) == "HH AH0 L OW1 W ER1 L D"
+    assert len(LibriPhoneDataset("train.csv", tokenizer, 4, values["config.downstream_expert.corpus.lexicon"],
+                                 str(csv_dir))[0]) == 2
+    (tmp_path / "bad.txt").write_text("HELLO XX\n")
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        read_lexicon([str(tmp_path / "bad.txt")], {"HH"})
+
+
+def test_distributed_sampler_wrapper_shards_the_draws() -> None:
+    sampler = torch.utils.data.WeightedRandomSampler([1.0, 0.0, 1.0, 0.0], 8, generator=torch.Generator().manual_seed(0))
+    parts = [list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == 4
+    assert set(parts[0] + parts[1]) <= {0, 2}
+
+
+def _fake_stream(calls: list[list[str]], expdir_files: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Stands in for the s3prl subprocess: records the command, writes what s3prl would."""
+
+    def stream(cmd, log, env):  # type: ignore[no-untyped-def]
+        calls.append(list(cmd))
+        expdir = log.parent
+        for name, text in expdir_files.items():
+            if name.startswith(cmd[cmd.index("-m", 3) + 1] + ":"):
+                (expdir / name.split(":", 1)[1]).write_text(text)
+        return 0
+
+    return stream
+
+
+def test_stages_skip_resume_and_fall_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    (data / "speech_commands_v0.01").mkdir(parents=True)
+    (data / "speech_commands_test_set_v0.01").mkdir()
+    run = runner.SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=tmp_path / "runs")
+    calls: list[list[str]] = []
+    # Training that saved states but never a dev-best (no dev improvement): the last state is used.
+    monkeypatch.setattr(runner, "_stream", _fake_stream(calls, {
+        "train:states-4.ckpt": "", "train:states-2.ckpt": "", "evaluate:usad_test.log": "test acc: 0.5\n"}))
+    expdir = runner.run_superb(run)
+    assert [c[c.index("-m", 3) + 1] for c in calls] == ["train", "evaluate"]
+    assert "-e" not in calls[0] and calls[1][calls[1].index("-e") + 1].endswith("states-4.ckpt")
+    manifest = read_manifest(expdir)
+    assert manifest["stages"]["test"]["score"] == 50.0
+    assert "no dev improvement" in manifest["stages"]["select"]["note"]
+    # Rerun: every stage is done, nothing is launched.
+    calls.clear()
+    runner.run_superb(run)
+    assert calls == []
+    # Interrupted training: states exist, the stage is not done -> resume with -e EXPDIR.
+    manifest["stages"] = {s: {"status": "pending"} for s in runner.STAGES}
+    manifest["stages"]["train"]["status"] = "running"
+    (expdir / "usad_run.json").write_text(json.dumps(manifest))
+    runner.run_superb(run)
+    assert calls[0][calls[0].index("-e") + 1] == str(expdir)
+    # The same run name with another upstream is refused.
+    with pytest.raises(ValueError, match="pick another --name"):
+        runner.run_superb(runner.SuperbRun(task="KS", upstream="mfcc", data=data, runs_dir=tmp_path / "runs",
+                                           name="fbank"))
+
+
+def test_failed_stage_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    (data / "speech_commands_v0.01").mkdir(parents=True)
+    (data / "speech_commands_test_set_v0.01").mkdir()
+    monkeypatch.setattr(runner, "_stream", lambda cmd, log, env: 1)
+    run = runner.SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=tmp_path / "runs")
+    with pytest.raises(runner.RecipeError, match="train stage failed"):
+        runner.run_superb(run)
+    assert read_manifest(run.expdir)["stages"]["train"]["status"] == "failed"
