@@ -1,0 +1,131 @@
+"""Distillation data: manifests, skipped files, determinism, bucketing, domain weights, ranks, resume."""
+import numpy as np
+import pytest
+import soundfile as sf
+
+from usad_upstream.cli import main
+from usad_upstream.distill.data import (
+    BatchPlanner,
+    DataConfig,
+    DistillData,
+    ManifestEntry,
+    build_manifest,
+    read_manifest,
+    write_manifest,
+)
+
+
+def write_tone(path, seconds, sr=16000, channels=1, amp=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = amp * np.sin(2 * np.pi * 220 * (1 + seed % 5) * t) + 0.01 * amp * rng.standard_normal(t.shape)
+    if channels == 2:
+        x = np.stack([x, -x * 0.5], axis=1)
+    sf.write(path, x.astype(np.float32), sr)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Good clips at several rates/lengths plus a corrupt, a silent and a too-short file."""
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(8):
+        sr = (16000, 22050, 8000)[i % 3]
+        write_tone(good / f"c{i}.{'wav' if i % 2 else 'flac'}", 1.0 + 0.4 * i, sr=sr, channels=1 + i % 2, seed=i)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    write_tone(bad / "silent.wav", 1.5, amp=0.0)
+    write_tone(bad / "short.wav", 0.3)
+    return tmp_path
+
+
+def test_manifest_build_counts_unreadable_and_roundtrips(corpus, capsys):
+    entries, skipped = build_manifest([corpus / "good", corpus / "bad"], "sound")
+    assert len(entries) == 10 and skipped == {"unreadable": 1}
+    by_name = {e.path.rsplit("/", 1)[1]: e for e in entries}
+    assert by_name["c1.wav"].sample_rate == 22050 and by_name["c1.wav"].num_samples == int(1.4 * 22050)
+    listing = corpus / "list.txt"
+    listing.write_text("# two files\ngood/c0.flac\n\ngood/c2.flac\n")
+    out = corpus / "m.tsv"
+    assert main(["manifest", "build", str(listing), "--domain", "music", "-o", str(out)]) == 0
+    assert [e.domain for e in read_manifest(out)] == ["music", "music"]
+    assert main(["manifest", "build", str(corpus / "good"), "--domain", "speech", "--append", "-o", str(out)]) == 0
+    assert len(read_manifest(out)) == 8
+    assert "wrote" in capsys.readouterr().out
+    write_manifest(entries, out)
+    assert read_manifest(out) == entries
+    out.write_text("path\tnum_samples\tsample_rate\tdomain\nx.wav\t10\t16000\tnoise\n")
+    with pytest.raises(ValueError, match=r"m.tsv:2: domain must be one of"):
+        read_manifest(out)
+
+
+def cfg(**kw):
+    base = {"max_seconds": 2.0, "min_seconds": 0.5, "bucket_pool": 4}
+    base.update(kw)
+    return DataConfig.from_dict(base)
+
+
+def test_bad_files_are_skipped_and_counted_without_crashing(corpus):
+    entries, _ = build_manifest([corpus / "good", corpus / "bad"], "speech")
+    entries.append(ManifestEntry(str(corpus / "gone.wav"), 32000, 16000, "speech"))  # deleted after the manifest
+    entries.append(ManifestEntry(str(corpus / "bad" / "corrupt.wav"), 32000, 16000, "speech"))
+    data = DistillData(entries, cfg(), batch_seconds=4.0, seed=0)
+    assert data.planner.skipped["too_short"] == 1  # short.wav, from the manifest
+    skipped, steps = {}, iter(data)
+    for _ in range(data.steps_in_epoch(0)):
+        (micro,) = next(steps)
+        for k, v in micro["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+        assert micro["wavs"].shape[0] == len(micro["crops"]) >= 1
+        names = {entries[c.index].path.rsplit("/", 1)[1] for c in micro["crops"]}
+        assert not names & {"corrupt.wav", "silent.wav", "gone.wav"}
+    # each bad crop of the plan once (an emptied micro-batch's random refills may add more)
+    assert set(skipped) == {"silent", "unreadable"} and skipped["silent"] >= 1 and skipped["unreadable"] >= 2
+
+
+def test_plans_are_deterministic_and_bucketing_caps_seconds(corpus):
+    entries, _ = build_manifest([corpus / "good"], "speech")
+    entries = entries * 5
+    a = BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(0)
+    b = BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(0)
+    assert a == b
+    assert a != BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=2).epoch(0)
+    assert a != BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(1)
+    assert sum(len(m) for m in a) == len(entries)
+    for micro in a:
+        assert len(micro) * max(c.samples for c in micro) <= 5.0 * 16000
+        assert all(c.samples <= 2.0 * 16000 for c in micro)
+    assert max(len(m) for m in a) >= 2  # short clips share batches
+    (x,) = next(iter(DistillData(entries, cfg(), batch_seconds=5.0, seed=1)))
+    (y,) = next(iter(DistillData(entries, cfg(num_workers=1), batch_seconds=5.0, seed=1)))  # loaded in a worker
+    assert x["crops"] == y["crops"] and bool((x["wavs"] == y["wavs"]).all())
+
+
+def test_domain_weights_repeat_sound_and_music():
+    entries = [ManifestEntry(f"/x/{d}{i}.wav", 16000, 16000, d) for d in ("speech", "sound", "music") for i in range(10)]
+    plan = BatchPlanner(entries, cfg(domain_weights={"speech": 1.0, "sound": 2.0, "music": 2.0}), 5.0, seed=0).epoch(0)
+    counts = np.bincount([c.index for m in plan for c in m], minlength=30)
+    assert counts[:10].tolist() == [1] * 10 and counts[10:].tolist() == [2] * 20
+    half = BatchPlanner(entries, cfg(domain_weights={"speech": 0.5, "sound": 0.0, "music": 1.0}), 5.0, seed=0).epoch(0)
+    counts = np.bincount([c.index for m in half for c in m], minlength=30)
+    assert 0 < counts[:10].sum() < 10 and counts[10:20].sum() == 0 and counts[20:].tolist() == [1] * 10
+
+
+def test_ranks_split_the_single_process_plan_and_state_resumes(corpus):
+    entries, _ = build_manifest([corpus / "good"], "speech")
+    entries = entries * 3
+    single = DistillData(entries, cfg(), batch_seconds=8.0, seed=0, grad_accum=2)
+    ranks = [DistillData(entries, cfg(), batch_seconds=8.0, seed=0, world_size=2, rank=r) for r in (0, 1)]
+    one, zero, first = iter(single), iter(ranks[0]), iter(ranks[1])
+    for _ in range(2):
+        s = next(one)
+        assert [m["crops"] for m in s] == [next(zero)[0]["crops"], next(first)[0]["crops"]]
+    state = single.state_dict()
+    after = [m["crops"] for m in next(one)]
+    resumed = DistillData(entries, cfg(), batch_seconds=8.0, seed=0, grad_accum=2)
+    resumed.load_state_dict(state)
+    assert [m["crops"] for m in next(iter(resumed))] == after
+    with pytest.raises(ValueError, match="less than one crop"):
+        DistillData(entries, cfg(), batch_seconds=3.0, seed=0, world_size=2)

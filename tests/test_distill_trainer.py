@@ -1,0 +1,164 @@
+"""The distillation trainer: DDP equals one process, exact resume, target cache, CLI + export."""
+import csv
+import os
+import socket
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+import yaml
+
+from usad_upstream import build_model, load_model, save_checkpoint
+from usad_upstream.cli import main
+from usad_upstream.distill.cache import TargetCache, build_cache
+from usad_upstream.distill.config import load_config
+from usad_upstream.distill.data import DataConfig, build_manifest, write_manifest
+from usad_upstream.distill.trainer import distilled_teacher_layers, teacher_specs, train
+from usad_upstream.teachers import build_teacher
+from usad_upstream.teachers.base import Teacher, TeacherOutput
+
+
+class Pooled25Hz(Teacher):
+    """A 25 Hz teacher for tests: a tiny USAD model's FFN outputs averaged over pairs of frames."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.model = load_model(path)
+        self.frame_rate, self.num_layers, self.dim = 25.0, self.model.config.layers, self.model.config.dim
+        self.freeze()
+
+    def extract(self, wavs, wav_lens):
+        out = self.model(wavs, wav_lens)
+        layers = [F.avg_pool1d(x.transpose(1, 2), 2).transpose(1, 2) for x in out["ffn"]]
+        return TeacherOutput(layers=layers, lengths=out["lengths"] // 2, frame_rate=25.0)
+
+
+def make_teachers(config):
+    t = config["teachers"]
+    return {"speech": build_teacher({"kind": "usad", "path": t["speech"]["path"]}), "audio": Pooled25Hz(t["audio"]["path"])}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    audio = root / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        sr = (16000, 22050)[i % 2]
+        t = np.arange(int((1.0 + 0.1 * i) * sr)) / sr
+        x = 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) + 0.02 * rng.standard_normal(t.shape)
+        sf.write(audio / f"clip{i}.wav", x.astype(np.float32), sr)
+    entries, _ = build_manifest([audio], "speech")
+    write_manifest(entries, root / "manifest.tsv")
+    for name, seed in (("speech", 1), ("audio", 2)):
+        torch.manual_seed(seed)
+        save_checkpoint(build_model("tiny", layers=2, dim=64, heads=2), root / f"{name}.safetensors")
+    base = {
+        "run_dir": str(root / "run"),
+        "model": {"size": "tiny", "layers": 2, "dim": 64, "heads": 2, "dropout": 0.0},
+        "teachers": {
+            "speech": {"kind": "usad", "path": str(root / "speech.safetensors"), "weight": 1.0},
+            "audio": {"kind": "test_pooled", "path": str(root / "audio.safetensors"), "weight": 0.5},
+        },
+        "objective": {"num_layers": 2, "head_hidden": 32},
+        "data": {"manifests": [str(root / "manifest.tsv")], "max_seconds": 1.5, "min_seconds": 0.5},
+        "train": {"lr": 2e-3, "warmup_steps": 1, "max_steps": 4, "batch_seconds": 6.0, "log_every": 1,
+                  "ckpt_every": 2, "device": "cpu"},
+    }
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    return root
+
+
+def config_for(root, run, *overrides):
+    return load_config(str(root / "base.yaml"), [f"run_dir={root / run}", *overrides])
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    return {int(r["step"]): {k: float(v) for k, v in r.items() if k.startswith("loss")} for r in rows}
+
+
+def _ddp_worker(rank, world, port, config):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(config, teachers=make_teachers(config), progress=False)
+
+
+def test_two_process_gloo_run_matches_one_process_on_the_same_global_batch(setup):
+    single = config_for(setup, "single", "train.grad_accum=2", "train.max_steps=3")
+    train(single, teachers=make_teachers(single), progress=False)
+    ddp = config_for(setup, "ddp", "train.max_steps=3")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, ddp), nprocs=2, join=True)
+    one, two = losses(single["run_dir"]), losses(ddp["run_dir"])
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        for key, value in one[step].items():
+            assert abs(two[step][key] - value) <= 1e-3 * abs(value), (step, key, value, two[step][key])
+    assert one[3]["loss"] < one[1]["loss"]
+
+
+def test_resume_after_a_kill_continues_the_same_run_exactly(setup):
+    full = config_for(setup, "full", "model.dropout=0.1")  # dropout: the RNG state must be restored too
+    train(full, teachers=make_teachers(full), progress=False)
+    cut = config_for(setup, "cut", "model.dropout=0.1", "train.stop_after=3")
+    train(cut, teachers=make_teachers(cut), progress=False)
+    ckpts = sorted(os.listdir(os.path.join(cut["run_dir"], "checkpoints")))
+    assert ckpts == ["step_00000002.pt", "step_00000003.pt"]
+    os.remove(os.path.join(cut["run_dir"], "checkpoints", ckpts[-1]))  # killed before step 3 was saved
+    resumed = config_for(setup, "cut", "model.dropout=0.1")
+    train(resumed, teachers=make_teachers(resumed), progress=False)
+    a, b = losses(full["run_dir"]), losses(cut["run_dir"])
+    assert sorted(b) == [1, 2, 3, 4]  # the killed run's row 3 was replaced, not duplicated
+    for step in (3, 4):
+        for key, value in a[step].items():
+            assert abs(b[step][key] - value) <= 1e-6, (step, key)
+    with pytest.raises(ValueError, match="different config.*train.lr"):
+        other = config_for(setup, "cut", "model.dropout=0.1", "train.lr=1e-4")
+        train(other, teachers=make_teachers(other), progress=False)
+
+
+def test_training_from_the_target_cache_matches_online_targets(setup):
+    online = config_for(setup, "online", "data.crop=segments", "train.max_steps=2")
+    teachers = make_teachers(online)
+    train(online, teachers=teachers, progress=False)
+    cached = config_for(setup, "cached", "data.crop=segments", "train.max_steps=2", f"cache.dir={setup / 'cache'}")
+    data = DataConfig.from_dict(cached["data"])
+    specs = {s.name: s for s in teacher_specs(cached, teachers)}
+    layers = {n: distilled_teacher_layers(s.num_layers, 2) for n, s in specs.items()}
+    cache = TargetCache.create(setup / "cache", TargetCache.describe(cached["teachers"], specs, layers, data))
+    entries = [e for m in data.manifests for e in __import__("usad_upstream.distill.data", fromlist=["x"]).read_manifest(m)]
+    counts = build_cache(cache, entries, data, teachers, torch.device("cpu"), 6.0, progress=False)
+    assert counts["written"] == 10
+    assert build_cache(cache, entries, data, teachers, torch.device("cpu"), 6.0, progress=False)["cached_before"] == 10
+    train(cached, progress=False)  # no teacher is built or run
+    a, b = losses(online["run_dir"]), losses(cached["run_dir"])
+    for step in (1, 2):
+        assert abs(a[step]["loss"] - b[step]["loss"]) <= 1e-2 * a[step]["loss"]  # float16 targets
+
+
+def test_cli_distill_with_real_teacher_formats_then_export(setup, capsys):
+    from usad_upstream.teachers.fixtures import write_atst_checkpoint
+
+    write_atst_checkpoint(setup / "atst.ckpt", dim=64, depth=2, mlp_hidden=64)  # a 25 Hz ATST-Frame teacher
+    run = setup / "cli"
+    args = [
+        "distill", "--config", str(setup / "base.yaml"), f"run_dir={run}", "train.max_steps=2",
+        f"teachers.audio={{kind: atst_frame, path: {setup / 'atst.ckpt'}}}",
+    ]
+    assert main(args) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["teachers"]["audio"]["kind"] == "atst_frame"
+    assert "step 2: loss" in capsys.readouterr().out
+    out = setup / "student.safetensors"
+    assert main(["export", str(run), "-o", str(out)]) == 0
+    model = load_model(out)
+    state = torch.load(run / "checkpoints" / "step_00000002.pt", weights_only=False)
+    torch.testing.assert_close(model.state_dict()["blocks.1.ffn.fc2.weight"], state["student"]["blocks.1.ffn.fc2.weight"])
+    assert len(model(torch.randn(1, 16000))["hidden_states"]) == 2
+    assert main(["export", str(setup / "audio.safetensors"), "-o", str(out)]) == 2  # not a run checkpoint

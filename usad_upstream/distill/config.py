@@ -1,0 +1,148 @@
+"""Distillation configs: plain YAML presets (configs/*.yaml) + dotted `key=value` overrides.
+
+`load_config("base", ["teachers.wavlm.path=/ckpt/WavLM-Base+.pt", "train.lr=5e-4"])` reads the
+packaged preset (or any YAML path), deep-merges it over DEFAULTS, applies the overrides (values
+parsed as YAML, so numbers, booleans, null and lists work) and validates the result.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .data import DataConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+DEFAULTS: dict[str, Any] = {
+    "run_dir": "runs/distill",
+    # size: a preset name from usad_upstream.presets; any other key overrides a UsadConfig field.
+    "model": {"size": "base"},
+    # name -> teacher spec passed to usad_upstream.teachers.build_teacher (kind, path, target, ...),
+    # plus `weight` (relative weight of this teacher in the total loss; default 1).
+    "teachers": {},
+    "objective": {"num_layers": 4, "head_hidden": None},
+    "data": {},
+    "train": {
+        "lr": 1e-3,
+        "warmup_steps": 8000,
+        "max_steps": 400000,
+        "batch_seconds": 800.0,  # seconds of audio per optimizer step, over all processes
+        "grad_accum": 1,
+        "betas": [0.9, 0.98],
+        "eps": 1e-6,
+        "weight_decay": 0.01,
+        "clip_grad": 10.0,
+        "seed": 0,
+        "device": "auto",  # auto: cuda when available, else cpu
+        "precision": "auto",  # auto: bf16 autocast on cuda, fp32 on cpu; or bf16 / fp32
+        "log_every": 50,
+        "ckpt_every": 5000,
+        "keep_last": 3,
+        "stop_after": None,  # end this process after that many total steps (checkpoints stay resumable)
+    },
+    "cache": {"dir": None},  # a directory built by `usad distill-cache`: train from stored teacher targets
+}
+
+# Keys that may change between a run and its resumption without changing what is trained.
+RESUMABLE_CHANGES = {
+    "train.stop_after", "train.log_every", "train.ckpt_every", "train.keep_last", "data.num_workers", "train.device",
+}
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(config: dict[str, Any], override: str) -> None:
+    """Set one dotted `a.b.c=value` in place; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like key.subkey=value")
+    key, _, raw = override.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {override!r}: empty key component")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None and (parts[0] == "teachers" or parts[0] == "model"):
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section of the config")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"override {override!r}: value is not valid YAML ({exc})") from None
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first unknown or invalid field."""
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"config: unknown top-level key(s) {unknown}; known keys are {sorted(DEFAULTS)}")
+    for section in ("train", "objective", "cache"):
+        bad = sorted(set(config[section]) - set(DEFAULTS[section]))
+        if bad:
+            raise ValueError(f"config: unknown key(s) {bad} in {section}; known keys are {sorted(DEFAULTS[section])}")
+    DataConfig.from_dict(config["data"])
+    if not isinstance(config["teachers"], dict) or not config["teachers"]:
+        raise ValueError("config: `teachers` must name at least one teacher, e.g. teachers.wavlm.kind=wavlm teachers.wavlm.path=...")
+    for name, spec in config["teachers"].items():
+        if not isinstance(spec, dict) or "kind" not in spec:
+            raise ValueError(f"config: teachers.{name} must be a mapping with at least `kind` (and usually `path`)")
+    train = config["train"]
+    for key in ("max_steps", "grad_accum", "log_every", "ckpt_every", "keep_last"):
+        if not isinstance(train[key], int) or train[key] < 1:
+            raise ValueError(f"config: train.{key} must be an integer >= 1, got {train[key]!r}")
+    if not isinstance(train["warmup_steps"], int) or not 0 <= train["warmup_steps"] < train["max_steps"]:
+        raise ValueError(f"config: train.warmup_steps must be an integer in [0, max_steps), got {train['warmup_steps']!r}")
+    if train["precision"] not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"config: train.precision must be auto, bf16 or fp32, got {train['precision']!r}")
+    if "size" not in config["model"]:
+        raise ValueError("config: model.size is required (tiny, small, base or large)")
+
+
+def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A packaged preset name (`tiny`, `small`, `base`, ...) or a YAML file, plus overrides."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"config {name_or_path!r} is neither a file nor a preset; presets: {presets}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a config must be a YAML mapping")
+    config = _merge(DEFAULTS, loaded)
+    for override in overrides:
+        apply_override(config, override)
+    # `teachers.NAME=null` drops a teacher of the preset.
+    config["teachers"] = {k: v for k, v in (config.get("teachers") or {}).items() if v is not None}
+    validate(config)
+    return config
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Settings that differ between a run's saved config and the one asked for now."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
