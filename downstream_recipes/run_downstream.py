@@ -48,5 +48,7 @@ if __name__ == "__main__":
     # top-level packages; put the repository root there instead (also works without installing).
     from pathlib import Path
 
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    here = Path(__file__).resolve().parent
+    if sys.path and Path(sys.path[0] or ".").resolve() == here:
+        sys.path[0] = str(here.parent)
     main()

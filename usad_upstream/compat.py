@@ -166,6 +166,7 @@ def soundfile_info(
 # ---- torchaudio.sox_effects stand-in ------------------------------------------------------
 # s3prl 0.4.18 calls: channels, rate, gain, norm (KS, QbE, ASV, MOS loaders), silence (ASV),
 # pad, trim (QbE training segments), reverse and vad (sws2013 only). All but vad are below.
+SOX_EFFECTS = ["channels", "rate", "gain", "norm", "trim", "pad", "reverse", "silence"]
 
 
 def _samples(spec: str, sample_rate: int, effect: str) -> int:
@@ -323,8 +324,6 @@ def apply_effects_tensor(
             )
     return (wav if channels_first else wav.t()), sample_rate
 
-
-SOX_EFFECTS = ["channels", "rate", "gain", "norm", "trim", "pad", "reverse", "silence"]
 
 
 def _is_number(text: str) -> bool:
