@@ -45,8 +45,7 @@ def build_corpora(out: "str | Path", size: str = "mini", seed: int = 0, stages: 
     out.mkdir(parents=True, exist_ok=True)
     params = {"size": size, "seed": seed}
     timings: dict[str, float] = {}
-    if install:
-        timings["apt"] = sources.ensure_packages(sources.packages_for(size))
+    timings["apt"] = sources.ensure_packages(sources.packages_for(size), install)
     for stage in STAGES:
         if stage not in chosen:
             continue

@@ -209,7 +209,7 @@ def drums(root: Path, size: Size, seed: int) -> dict:
         jobs += [(assign.get(kit, "train"), kit, p, lab) for p, lab in hits[: size.drum_hits_per_kit]]
     clips = pmap(lambda j: audio.normalize(audio.load(j[2])), jobs, "drums")
     for (split, kit, path, label), clip in zip(jobs, clips):
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{kit}_{path.stem}").strip("-")
+        slug = "_".join(re.sub(r"[^A-Za-z0-9]+", "-", part).strip("-") for part in (kit, path.stem))
         task.add(split, f"{slug}.wav", clip, [label])
     vocab = sorted({j[3] for j in jobs})
     return task.finish(vocab, {"Sources": "REAL drum samples of the hydrogen-drumkits package; class from the kit's "

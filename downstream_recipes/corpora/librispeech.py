@@ -34,31 +34,40 @@ def build(root: Path, size: Size, seed: int) -> None:
         "dev-clean": voices[n_train : n_train + n_dev],
         "test-clean": voices[n_train + n_dev : n_train + n_dev + n_test],
     }
-    # (split, speaker id, chapter id, voice or real file, text)
-    jobs: list[tuple[str, int, int, "sources.Voice | Path", str]] = []
+    # (split, speaker id, chapter id, voice or real files, sentences); an utterance reads 2-4
+    # sentences (the stamp descriptions are short), real ones join 2-3 recordings
+    jobs: list[tuple[str, int, int, "sources.Voice | list[Path]", list[str]]] = []
     speakers: list[tuple[int, str, str, str]] = []  # id, sex, subset, name
     spk = 100
     for split in SPLITS:
         for voice in split_voices[split]:
             spk += 1
             speakers.append((spk, voice.gender, split, voice.name))
-            for text in rng.sample(pool_sentences, size.ls_utts):
-                jobs.append((split, spk, spk * 10 + 1, voice, text))
+            for _ in range(size.ls_utts):
+                jobs.append((split, spk, spk * 10 + 1, voice, rng.sample(pool_sentences, rng.randint(2, 4))))
     spk += 1
     n_real = size.ls_utts * (1 if size.name == "test" else 2)
-    speakers.append((spk, "M", "test-clean", "tuxpaint-en (real recording)"))
-    for path, text in rng.sample(real, min(n_real, len(real))):
-        jobs.append(("test-clean", spk, spk * 10 + 1, path, text))
+    speakers.append((spk, "-", "test-clean", "tuxpaint-en (real recording)"))
+    real = rng.sample(real, len(real))
+    cursor = 0
+    for i in range(n_real):
+        group = real[cursor : cursor + 2 + i % 2]
+        cursor += len(group)
+        if len(group) < 2:
+            break
+        jobs.append(("test-clean", spk, spk * 10 + 1, [p for p, _ in group], [t for _, t in group]))
 
-    def render(job: tuple[str, int, int, "sources.Voice | Path", str]) -> np.ndarray:
-        _, _, _, src, text = job
-        wav = audio.load(src) if isinstance(src, Path) else src.speak(text.lower())
-        return audio.normalize(audio.trim(wav))
+    def render(job: tuple[str, int, int, "sources.Voice | list[Path]", list[str]]) -> np.ndarray:
+        _, _, _, src, texts = job
+        if isinstance(src, list):
+            return audio.normalize(audio.concat([audio.trim(audio.load(p)) for p in src], 0.4))
+        return audio.normalize(audio.trim(src.speak(". ".join(texts).lower() + ".")))
 
     wavs = pmap(render, jobs, "librispeech")
     chapters: dict[tuple[str, int, int], list[tuple[str, str]]] = {}
     rows: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
-    for (split, s, c, _, text), wav in zip(jobs, wavs):
+    for (split, s, c, _, texts), wav in zip(jobs, wavs):
+        text = " ".join(texts)
         utts = chapters.setdefault((split, s, c), [])
         uid = f"{s}-{c}-{len(utts):04d}"
         rel = f"{split}/{s}/{c}/{uid}.flac"
@@ -76,11 +85,11 @@ def build(root: Path, size: Size, seed: int) -> None:
     lines += [f"{s:<5}| {sex} | {sub:<17}| {minutes[s]:5.2f} | {name}" for s, sex, sub, name in speakers]
     (root / "SPEAKERS.TXT").write_text("\n".join(lines) + "\n")
 
-    words = sorted({w for *_, text in jobs for w in text.split()})
+    words = sorted({w for *_, texts in jobs for text in texts for w in text.split()})
     pron = dict(zip(words, pmap(sources.flite_phones, words, "lexicon")))
     (root / "lexicon.txt").write_text("".join(f"{w}\t{' '.join(pron[w])}\n" for w in words))
     (root / "phoneme.txt").write_text("\n".join(sources.phone_vocabulary()) + "\n")
-    counts = Counter(ch for *_, text in jobs for ch in text.replace(" ", "|"))
+    counts = Counter(ch for *_, texts in jobs for ch in " ".join(texts).replace(" ", "|"))
     (root / "char.dict").write_text("".join(f"{ch} {counts.get(ch, 0)}\n" for ch in ["|"] + CHARS))
     (root / "len_for_bucket").mkdir(exist_ok=True)
     for split in SPLITS:
@@ -101,11 +110,13 @@ def _datasheet(root: Path, jobs: list, wavs: list, speakers: list, n_words: int)
         + f"\n\nLexicon: {n_words} words. Speakers (SPEAKERS.TXT):\n\n"
         + table(("id", "sex", "subset", "voice"), [(s, g, sub, n) for s, g, sub, n in speakers]),
         "How it was made": (
-            "Text: the English descriptions of Tux Paint's stamps (one short sentence each), "
-            "normalised LibriSpeech-style (upper case, letters and apostrophes). Synthetic speakers "
+            "Text: the English descriptions of Tux Paint's stamps (one short sentence each; an "
+            "utterance reads 2-4 of them), normalised LibriSpeech-style (upper case, letters and "
+            "apostrophes). Synthetic speakers "
             "are espeak-ng accent x voice-variant combinations (each with its own pitch and rate) "
             "and flite voices. test-clean also holds one REAL speaker: Tux Paint's recorded English "
-            "descriptions (`*_desc.ogg`), whose sentences never occur in train-clean-100."
+            "descriptions (`*_desc.ogg`, 2-3 recordings joined per utterance, each used once; sex "
+            "not recorded in the package), whose sentences never occur in train-clean-100."
         ),
         "Splits": "Speakers are disjoint across train-clean-100, dev-clean and test-clean (as in LibriSpeech).",
         "Files for s3prl": (

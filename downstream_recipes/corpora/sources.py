@@ -65,14 +65,14 @@ def missing_packages(names: tuple[str, ...]) -> list[str]:
     return missing
 
 
-def ensure_packages(names: tuple[str, ...]) -> float:
-    """Install what is missing when root; otherwise raise with the exact apt command.
-    Returns the seconds spent installing."""
+def ensure_packages(names: tuple[str, ...], install: bool = True) -> float:
+    """Install what is missing when root (and `install`); otherwise raise with the exact apt
+    command. Returns the seconds spent installing."""
     missing = missing_packages(names)
     if not missing:
         return 0.0
     command = "apt-get update && apt-get install -y --no-install-recommends " + " ".join(missing)
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or not install:
         raise ValueError(f"missing Debian packages {missing}; run as root: sudo sh -c '{command}'")
     log.info("installing %s", " ".join(missing))
     start = time.time()

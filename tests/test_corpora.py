@@ -1,0 +1,118 @@
+"""Build a reduced corpus set (size `test`) and validate it with s3prl's and heareval's own
+loaders; plus the properties the benchmark relies on (disjoint voices/kits/folds, real audio in
+test splits, determinism, resumability)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("s3prl")
+pytest.importorskip("heareval")
+
+from downstream_recipes.corpora import build, check, sources  # noqa: E402
+from downstream_recipes.corpora.speech_commands import which_set  # noqa: E402
+
+
+def _apt_possible() -> bool:
+    import os
+
+    if shutil.which("dpkg-query") is None:
+        return False
+    return not sources.missing_packages(sources.packages_for("test")) or os.geteuid() == 0
+
+
+pytestmark = pytest.mark.skipif(not _apt_possible(), reason="needs Debian packages (or root to install them)")
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpora")
+    build.build_corpora(out, size="test", seed=0)
+    return out
+
+
+def test_check_passes_with_real_loaders(corpora: Path) -> None:
+    results = check.check_corpora(corpora)
+    assert set(results) == {"librispeech", "speech_commands", "voxceleb1", "fluent_speech_commands", "hear", "pool"}
+    assert "keywords" in results["hear"] and "sound_events (new_split_kfold)" in results["hear"]
+
+
+def test_rebuild_is_skipped_and_other_params_refused(corpora: Path) -> None:
+    before = (corpora / "LibriSpeech" / "SPEAKERS.TXT").stat().st_mtime_ns
+    timings = build.build_corpora(corpora, size="test", seed=0, stages=["librispeech"])
+    assert timings["librispeech"] == 0.0
+    assert (corpora / "LibriSpeech" / "SPEAKERS.TXT").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="was built with"):
+        build.build_corpora(corpora, size="test", seed=1, stages=["librispeech"])
+
+
+def test_same_seed_same_corpus(corpora: Path, tmp_path: Path) -> None:
+    build.build_corpora(tmp_path, size="test", seed=0, stages=["fluent_speech_commands"])
+    a = corpora / "fluent_speech_commands"
+    b = tmp_path / "fluent_speech_commands"
+    assert (a / "data" / "train_data.csv").read_text() == (b / "data" / "train_data.csv").read_text()
+    for wav in sorted(a.rglob("*.wav"))[:3]:
+        assert hashlib.sha1(wav.read_bytes()).digest() == hashlib.sha1((b / wav.relative_to(a)).read_bytes()).digest()
+
+
+def test_speech_commands_test_voices_disjoint_and_real_digits(corpora: Path) -> None:
+    root = corpora / "speech_commands"
+    speaker = lambda p: re.sub(r"_nohash_.*$", "", p.name)  # noqa: E731
+    train = {speaker(p) for p in (root / "speech_commands_v0.01").glob("*/*_nohash_*.wav")}
+    test = {speaker(p) for p in (root / "speech_commands_test_set_v0.01").glob("*/*_nohash_*.wav")}
+    assert train and test and not train & test
+    assert which_set("3cfc6b3a_nohash_2.wav") == which_set("3cfc6b3a_nohash_0.wav")
+    readme = (root / "README.md").read_text()
+    assert "REAL recorded digits" in readme and "asterisk-allison" in readme
+
+
+def test_hear_layout_and_splits(corpora: Path) -> None:
+    tasks = corpora / "hear" / "tasks"
+    assert sorted(p.name for p in tasks.iterdir()) == ["drums", "event_detection", "instrument_family", "keywords", "pitch", "sound_events"]
+    pitch = json.loads((tasks / "pitch" / "task_metadata.json").read_text())
+    assert pitch["evaluation"][0] == "pitch_acc"
+    test_files = json.loads((tasks / "pitch" / "test.json").read_text())
+    assert test_files and all(name.startswith("MuseScore_General_Lite_") for name in test_files)
+    train_files = json.loads((tasks / "pitch" / "train.json").read_text())
+    assert not any(name.startswith("MuseScore") for name in train_files)
+    # sound events: every source file's crops sit in exactly one fold
+    owner: dict[str, str] = {}
+    for fold in json.loads((tasks / "sound_events" / "task_metadata.json").read_text())["splits"]:
+        for name in json.loads((tasks / "sound_events" / f"{fold}.json").read_text()):
+            source = name.rsplit("_", 1)[0]
+            assert owner.setdefault(source, fold) == fold
+    assert len(set(owner.values())) == 5
+    # drums: kits disjoint between train and test
+    kit = lambda n: n.split("_")[0]  # noqa: E731
+    drum_train = {kit(n) for n in json.loads((tasks / "drums" / "train.json").read_text())}
+    drum_test = {kit(n) for n in json.loads((tasks / "drums" / "test.json").read_text())}
+    assert drum_test and not drum_train & drum_test
+    events = json.loads((tasks / "event_detection" / "test.json").read_text())
+    first = next(iter(events.values()))[0]
+    assert set(first) == {"label", "start", "end"} and first["end"] > first["start"]
+    assert "instrument_family" in (corpora / "hear" / "README.md").read_text()
+
+
+def test_real_speakers_present(corpora: Path) -> None:
+    speakers = (corpora / "LibriSpeech" / "SPEAKERS.TXT").read_text()
+    assert re.search(r"test-clean .*real recording", speakers)
+    vox = (corpora / "VoxCeleb1" / "README.md").read_text()
+    assert "real recording" in vox
+
+
+def test_pool_manifest_format(corpora: Path) -> None:
+    lines = (corpora / "pool" / "manifest.tsv").read_text().splitlines()
+    assert lines[0] == "path\tnum_samples\tsample_rate\tdomain"
+    assert all(Path(line.split("\t")[0]).is_file() for line in lines[1:])
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not built"):
+        check.check_corpora(tmp_path)
+    with pytest.raises(ValueError, match="unknown size"):
+        build.build_corpora(tmp_path, size="huge")
