@@ -54,6 +54,95 @@ def import_torchaudio() -> ModuleType:
     return torchaudio
 
 
+# --- heareval / hear-validator -------------------------------------------------------------------
+
+
+def _tensorflow_stand_in() -> ModuleType:
+    """A `tensorflow` module holding only what heareval and hear-validator touch for torch models.
+
+    Both import TensorFlow at top level; for a torch model they only ask `isinstance(model,
+    tf.Module)` and, when torch sees a GPU, `tf.test.is_gpu_available()`. Anything else raises an
+    AttributeError saying TensorFlow is absent, so a real TF model fails loudly, not silently.
+    """
+    import importlib.machinery
+
+    import torch
+
+    tf = ModuleType("tensorflow", "Stand-in installed by usad_upstream.compat.patch_heareval: TensorFlow is absent.")
+    tf.__spec__ = importlib.machinery.ModuleSpec("tensorflow", None, origin="usad_upstream.compat stand-in")
+    tf.__version__ = "0+usad.stand.in"
+
+    class Module:
+        """No object is ever a tf.Module without TensorFlow, so heareval takes its torch path."""
+
+    def is_gpu_available(cuda_only: bool = False, min_cuda_compute_capability: object = None) -> bool:
+        # heareval refuses to run when torch sees a GPU that TF does not; without TF there is no
+        # TF model to place, so report what torch sees.
+        return torch.cuda.is_available()
+
+    def missing(name: str) -> object:
+        raise AttributeError(
+            f"tensorflow.{name}: TensorFlow is not installed (usad_upstream.compat put a stand-in in its "
+            "place for PyTorch models); install tensorflow to evaluate TensorFlow models"
+        )
+
+    test = ModuleType("tensorflow.test")
+    test.is_gpu_available = is_gpu_available  # type: ignore[attr-defined]
+    tf.Module = Module  # type: ignore[attr-defined]
+    tf.test = test  # type: ignore[attr-defined]
+    tf.__getattr__ = missing  # type: ignore[attr-defined]
+    return tf
+
+
+def _restore_fit_loop_current_epoch() -> None:
+    """heareval's predictions runner sets `trainer.fit_loop.current_epoch = best_epoch` before
+    testing so event postprocessing uses that epoch's choice; pytorch-lightning >= 1.6 removed
+    that property (setting it makes a dead attribute, then a KeyError). Restore it on FitLoop,
+    backed by the counter `trainer.current_epoch` reads."""
+    from pytorch_lightning.loops.fit_loop import FitLoop
+
+    existing = FitLoop.__dict__.get("current_epoch")
+    if isinstance(existing, property) and existing.fset is not None:
+        return
+
+    def get_epoch(self: FitLoop) -> int:
+        return self.epoch_progress.current.completed
+
+    def set_epoch(self: FitLoop, value: int) -> None:
+        self.epoch_progress.current.completed = value
+
+    FitLoop.current_epoch = property(get_epoch, set_epoch, doc="The current epoch (settable, as in PL < 1.6).")
+
+
+def _decode_gpu_name() -> None:
+    """heareval.gpu_max_mem.device_name() calls .decode() on NVML's name, which pynvml >= 11.5
+    returns as str: on GPU machines both runners would crash after finishing their work."""
+    import heareval.gpu_max_mem as gpu_max_mem
+
+    if not hasattr(gpu_max_mem, "nvmlDeviceGetName") or getattr(gpu_max_mem.device_name, "_usad_patched", False):
+        return
+
+    def device_name(device_index: int = 0) -> str:
+        name = gpu_max_mem.nvmlDeviceGetName(gpu_max_mem.nvmlDeviceGetHandleByIndex(device_index))
+        return name.decode("utf-8") if isinstance(name, bytes) else str(name)
+
+    device_name._usad_patched = True  # type: ignore[attr-defined]
+    gpu_max_mem.device_name = device_name
+
+
+def patch_heareval() -> None:
+    """Make heareval 2021.1.3's runners and hear-validator run unmodified on this stack.
+
+    Call before importing them. Idempotent; each part checks first: a TensorFlow stand-in only when
+    TensorFlow is absent, the FitLoop.current_epoch setter only when missing, the NVML name fix
+    only on GPU machines with a str-returning pynvml.
+    """
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is None:
+        sys.modules["tensorflow"] = _tensorflow_stand_in()
+    _restore_fit_loop_current_epoch()
+    _decode_gpu_name()
+
+
 # --------------------------------------------------------------------------------------------
 # s3prl 0.4.18 on torchaudio >= 2.9: backend API, audio I/O and sox effects it still calls.
 # --------------------------------------------------------------------------------------------

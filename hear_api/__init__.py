@@ -1,0 +1,194 @@
+"""The HEAR 2021 API for USAD (https://hearbenchmark.com/hear-api.html), thin over usad_upstream.
+
+    import hear_api
+    model = hear_api.load_model("usad_base.safetensors")            # or layers="last", pooling="concat"
+    emb, ts = hear_api.get_timestamp_embeddings(audio, model)        # [n, T, D], [n, T] in ms
+    scene = hear_api.get_scene_embeddings(audio, model)              # [n, D]
+
+heareval:  python -m heareval.embeddings.runner hear_api --model usad_base.safetensors
+(or `usad hear embed hear_api --model ...`, which first applies the compatibility patches).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from usad_upstream.checkpoint import HOW_TO_GET, load_model as load_usad
+from usad_upstream.compat import import_torchaudio
+from usad_upstream.frontend import MIN_SAMPLES, SAMPLE_RATE, batch_fbank, check_waveforms
+from usad_upstream.model import DOWNSAMPLE_RATE, ConvSubsampling, UsadModel
+
+__all__ = ["load_model", "get_timestamp_embeddings", "get_scene_embeddings", "UsadHearModel", "frame_timestamps_ms"]
+
+# Import torchaudio now, not first inside torch.inference_mode: its module-level constants (e.g.
+# kaldi's EPSILON) would become inference tensors and break any later fbank under autograd.
+import_torchaudio()
+
+POOLINGS = ("mean", "concat")
+OPTIONS = ("layers", "pooling", "max_fbank_frames")
+
+# Frame j of the encoder is centred on fbank frame 2j (conv kernel 3, padding 1, stride 2, then
+# stride 1): fbank frame k spans samples [160k, 160k + 400), so frame j is centred on sample
+# 320j + 200, i.e. 20j + 12.5 ms. Exact for every input length: no frame is dropped or shifted.
+_FIRST_CENTRE_SAMPLES = MIN_SAMPLES / 2
+
+
+def frame_timestamps_ms(num_frames: int) -> torch.Tensor:
+    """Centres, in ms, of the first `num_frames` encoder frames: 12.5, 32.5, 52.5, ..."""
+    centre = torch.arange(num_frames, dtype=torch.float64) * DOWNSAMPLE_RATE + _FIRST_CENTRE_SAMPLES
+    return (centre * 1000.0 / SAMPLE_RATE).float()
+
+
+class UsadHearModel(nn.Module):
+    """A USAD encoder plus the fixed choice of layers that HEAR's frozen-embedding protocol needs.
+
+    `layers` are 1-based block indices; `pooling` "mean" averages them (size D), "concat" stacks
+    them on the feature axis (size D * len(layers)).
+    """
+
+    sample_rate: int = SAMPLE_RATE
+
+    def __init__(self, encoder: UsadModel, layers: Sequence[int], pooling: str) -> None:
+        super().__init__()
+        self.encoder = encoder.eval()
+        self.layers = tuple(layers)
+        self.pooling = pooling
+        dim = int(encoder.config.dim)
+        size = dim * len(self.layers) if pooling == "concat" else dim
+        self.scene_embedding_size: int = size
+        self.timestamp_embedding_size: int = size
+        self.eval()  # inference only: no dropout in embeddings
+
+    def extra_repr(self) -> str:
+        return f"layers={list(self.layers)}, pooling={self.pooling!r}, size={self.timestamp_embedding_size}"
+
+    def pool(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Combine the selected block outputs ([B, T, D] each) into one [B, T, size] tensor."""
+        chosen = [hidden_states[i - 1] for i in self.layers]
+        if len(chosen) == 1:
+            return chosen[0]
+        if self.pooling == "concat":
+            return torch.cat(chosen, dim=-1)
+        return torch.stack(chosen, dim=0).mean(dim=0)
+
+    def features(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate audio [n, N], move the encoder to its device, and compute the whole clip's
+        fbank ([n, F, 128], cheap: 128 floats per 10 ms) and frame counts."""
+        lens = check_waveforms(audio)
+        self.encoder.to(audio.device)
+        return batch_fbank(audio, lens)
+
+    def embedding_chunks(self, feats: torch.Tensor, frame_lens: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Consecutive [n, t, size] pieces covering every frame in order.
+
+        The encoder runs on windows of `max_fbank_frames` and only the pooled layers of each
+        window are kept, so memory is bounded by the window, not by the clip.
+        """
+        for part in self.encoder.chunks(feats, frame_lens):
+            yield self.pool(part["hidden_states"])
+
+
+def _parse_layers(value: object, num_layers: int) -> tuple[int, ...]:
+    if isinstance(value, str):
+        spec = value.strip().lower()
+        if spec == "all":
+            return tuple(range(1, num_layers + 1))
+        if spec == "last":
+            return (num_layers,)
+        items: list[object] = [item.strip() for item in spec.split(",") if item.strip()]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = []
+    try:
+        layers = tuple(int(item) for item in items)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        layers = ()
+    if not layers or any(not 1 <= layer <= num_layers for layer in layers):
+        raise ValueError(
+            f"hear_api option layers={value!r} is invalid: use 'all', 'last', or 1-based block indices "
+            f"between 1 and {num_layers} (a list or a comma-separated string such as '3,6,9,12')"
+        )
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"hear_api option layers={value!r} repeats a layer")
+    return layers
+
+
+def load_model(model_file_path: str = "", **options: object) -> UsadHearModel:
+    """Load a USAD checkpoint as a HEAR model (torch.nn.Module with sample_rate and embedding sizes).
+
+    Options (heareval passes them with --model-options '{"layers": "last"}'):
+      layers: "all" (default), "last", or 1-based block indices ("3,6,9,12" or [3, 6, 9, 12]).
+      pooling: "mean" (default) or "concat" over the chosen layers.
+      max_fbank_frames: encoder window in fbank frames (even); default: the checkpoint's (3000, 30 s).
+
+    Why the default is the mean of all block outputs: HEAR trains only a small MLP on frozen
+    embeddings, so the layer mix cannot be learned per task as SUPERB's weighted sum is, and USAD's
+    distilled layers carry different things (early/mid layers follow the speech teacher's phonetic
+    layers, late ones the audio teacher's). Averaging every block keeps all of them at the model's
+    own width D, so 50 Hz event embeddings stay as small on disk and in memory as other HEAR
+    entries (20 min of audio: 60k x 768 floats for Base). `pooling="concat"` is the ATST-Frame-style
+    alternative (D x layers wide, 12x the storage for event tasks); `layers="last"` is the cheapest.
+    """
+    if not model_file_path:
+        raise ValueError(
+            "hear_api.load_model needs a USAD checkpoint path (heareval: --model PATH; hear-validator: "
+            f"-m PATH); {HOW_TO_GET}"
+        )
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"hear_api.load_model: unknown option(s) {unknown}; known options are {list(OPTIONS)}")
+    encoder = load_usad(model_file_path)
+    window = options.get("max_fbank_frames")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int):
+            raise ValueError(f"hear_api option max_fbank_frames must be an even int >= 2, got {window!r}")
+        encoder.config = dataclasses.replace(encoder.config, max_fbank_frames=window)
+    layers = _parse_layers(options.get("layers", "all"), encoder.config.layers)
+    pooling = options.get("pooling", "mean")
+    if pooling not in POOLINGS:
+        raise ValueError(f"hear_api option pooling={pooling!r} is invalid; choose one of {list(POOLINGS)}")
+    return UsadHearModel(encoder, layers, str(pooling))
+
+
+def _check_model(model: object) -> UsadHearModel:
+    if not isinstance(model, UsadHearModel):
+        raise ValueError(f"model must come from hear_api.load_model, got {type(model).__name__}")
+    return model
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: UsadHearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """audio [n_sounds, n_samples] at 16 kHz -> (embeddings [n_sounds, n_frames, size] float32,
+    timestamps [n_sounds, n_frames] = frame centres in ms, 20 ms apart, starting at 12.5 ms)."""
+    model = _check_model(model)
+    with torch.inference_mode():
+        feats, frame_lens = model.features(audio)
+        total = int(ConvSubsampling.output_lengths(frame_lens).max())
+        out = feats.new_empty(feats.shape[0], total, model.timestamp_embedding_size)
+        start = 0
+        for piece in model.embedding_chunks(feats, frame_lens):  # pieces are copied in and dropped
+            out[:, start : start + piece.shape[1]] = piece
+            start += piece.shape[1]
+        assert start == total, (start, total)
+        timestamps = frame_timestamps_ms(total).to(out.device).expand(out.shape[0], total).contiguous()
+    return out, timestamps
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: UsadHearModel) -> torch.Tensor:
+    """audio [n_sounds, n_samples] at 16 kHz -> [n_sounds, size]: the mean over all frames,
+    accumulated window by window so a long clip never holds its frame embeddings at once."""
+    model = _check_model(model)
+    with torch.inference_mode():
+        total: "torch.Tensor | None" = None
+        frames = 0
+        for piece in model.embedding_chunks(*model.features(audio)):
+            piece_sum = piece.sum(dim=1, dtype=torch.float64)
+            total = piece_sum if total is None else total + piece_sum
+            frames += piece.shape[1]
+        assert total is not None
+        return (total / frames).float()
