@@ -70,8 +70,9 @@ class Board:
     notes: list[str]
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.4f}" if abs(x) < 1 else f"{x:.2f}"
+def _fmt(x: float, task: str) -> str:
+    """Two decimals (percent units); MTWV, the one score on a 0..1 scale, gets four."""
+    return f"{x:.4f}" if task == "QbE" else f"{x:.2f}"
 
 
 def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame) -> "Board | None":
@@ -117,13 +118,13 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame)
         cells, values = {}, {}
         for rec in sub.itertuples(index=False):
             if pd.notna(rec.score):
-                cells[rec.task], values[rec.task] = _fmt(rec.score), float(rec.score)
+                cells[rec.task], values[rec.task] = _fmt(rec.score, rec.task), float(rec.score)
             else:
                 cells[rec.task] = f"— {rec.status}"
         add(label, MEASURED, cells, values)
     for model, sub in p.groupby("model", sort=False):
         values = dict(zip(sub["task"], sub["score"].astype(float)))
-        add(str(model), f"{PUBLISHED} ({sub['run_id'].iloc[0]})", {t: _fmt(v) for t, v in values.items()}, values)
+        add(str(model), f"{PUBLISHED} ({sub['run_id'].iloc[0]})", {t: _fmt(v, t) for t, v in values.items()}, values)
 
     if benchmark == SUPERB:
         notes.append(
@@ -149,7 +150,7 @@ def runs_table(measured: pd.DataFrame) -> pd.DataFrame:
         line = {c: first[c] for c in ("benchmark", "model", "checkpoint_hash", "task", "metric", "run_id", "date")}
         for split in ("dev", "test"):
             r = by_split.get(split)
-            line[split] = _fmt(r.score) if r is not None and pd.notna(r.score) else "—"
+            line[split] = _fmt(r.score, r.task) if r is not None and pd.notna(r.score) else "—"
         line["status"] = test.status if test is not None else first["status"]
         lines.append(line)
     return pd.DataFrame(lines, columns=cols)

@@ -1,0 +1,140 @@
+"""End to end: one SUPERB task (KS) and one HEAR task, two upstreams each, through the recipes
+(s3prl's run_downstream, heareval's runners) into a rendered leaderboard."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from downstream_recipes.hear.runner import HearRun, run_hear
+from downstream_recipes.superb.runner import SuperbRun, run_superb
+from results.collect import collect
+from results.published import load_published
+from results.render import render
+
+SR = 16000
+KEYWORDS = ("yes", "no", "up", "down")
+
+
+def _tone(freq: float, seed: int, seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    noise = np.random.default_rng(seed).standard_normal(t.shape)
+    return (0.3 * np.sin(2 * math.pi * freq * t) + 0.01 * noise).astype(np.float32)
+
+
+def _speech_commands_split(name: str) -> float:
+    """Speech Commands' own hash rule (s3prl applies it): < 10 -> validation."""
+    digest = hashlib.sha1(name.encode()).hexdigest()
+    return (int(digest, 16) % (2**27)) * (100.0 / (2**27 - 1))
+
+
+def make_speech_commands(root: Path) -> Path:
+    """A Speech Commands v0.01 layout: 4 keywords as tones, 4 training and 2 validation speakers."""
+    train, valid, i = [], [], 0
+    while len(train) < 4 or len(valid) < 2:
+        name, i = f"{i:08x}", i + 1
+        pct = _speech_commands_split(name)
+        if pct < 10 and len(valid) < 2:
+            valid.append(name)
+        elif pct >= 20 and len(train) < 4:
+            train.append(name)
+    for s, speaker in enumerate(train + valid):
+        for k, word in enumerate(KEYWORDS):
+            (root / "speech_commands_v0.01" / word).mkdir(parents=True, exist_ok=True)
+            sf.write(root / "speech_commands_v0.01" / word / f"{speaker}_nohash_0.wav", _tone(300 + 200 * k, s), SR)
+    noise = root / "speech_commands_v0.01" / "_background_noise_"
+    noise.mkdir()
+    sf.write(noise / "noise.wav", 0.01 * np.random.default_rng(0).standard_normal(2 * SR).astype(np.float32), SR)
+    for k, word in enumerate(KEYWORDS):
+        (root / "speech_commands_test_set_v0.01" / word).mkdir(parents=True)
+        sf.write(root / "speech_commands_test_set_v0.01" / word / f"test{k}_nohash_0.wav", _tone(300 + 200 * k, 99), SR)
+    return root
+
+
+def make_hear_task(tasks: Path) -> None:
+    """A HEAR scene task (hear-preprocess layout) with two tone labels and a one-point grid."""
+    task = tasks / "tones-v1-full"
+    labels = {"low": 300.0, "high": 1200.0}
+    meta = {"task_name": "tones", "version": "1", "embedding_type": "scene", "prediction_type": "multiclass",
+            "split_mode": "trainvaltest", "sample_duration": 1.0, "evaluation": ["top1_acc"],
+            "splits": ["train", "valid", "test"],
+            "evaluation_params": {"task_specific_param_grid": {
+                "hidden_layers": [1], "hidden_dim": [16], "max_epochs": [2], "check_val_every_n_epoch": [1],
+                "patience": [1], "batch_size": [64], "lr": [1e-3]}}}
+    task.mkdir(parents=True)
+    (task / "task_metadata.json").write_text(json.dumps(meta))
+    with open(task / "labelvocabulary.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["idx", "label"], *enumerate(labels)])
+    for s, split in enumerate(meta["splits"]):
+        (task / str(SR) / split).mkdir(parents=True)
+        items = {}
+        for i in range(4):
+            label = list(labels)[i % 2]
+            sf.write(task / str(SR) / split / f"{i}.wav", _tone(labels[label], 10 * s + i), SR)
+            items[f"{i}.wav"] = [label]
+        (task / f"{split}.json").write_text(json.dumps(items))
+
+
+# Another HEAR 2021 module, to show the runner takes any module: band energies of an FFT.
+BANDS_MODULE = textwrap.dedent('''
+    import torch
+
+    class Bands(torch.nn.Module):
+        sample_rate = 16000
+        scene_embedding_size = 8
+        timestamp_embedding_size = 8
+
+    def load_model(model_file_path=""):
+        return Bands()
+
+    def get_timestamp_embeddings(audio, model):
+        frames = audio.unfold(1, 400, 160)
+        spec = torch.fft.rfft(frames, dim=-1).abs()[..., :200]
+        emb = torch.log1p(spec.reshape(*spec.shape[:2], 8, 25).mean(-1))
+        ts = (torch.arange(emb.shape[1]) * 10.0 + 12.5).expand(audio.shape[0], -1)
+        return emb, ts
+
+    def get_scene_embeddings(audio, model):
+        return get_timestamp_embeddings(audio, model)[0].mean(1)
+''')
+
+
+@pytest.mark.timeout(600)
+def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_speech_commands(tmp_path / "ks")
+    runs = tmp_path / "runs"
+    for upstream, ckpt in (("usad", tiny_checkpoint), ("fbank", None)):
+        run = SuperbRun(task="KS", upstream=upstream, upstream_ckpt=ckpt, data=data, runs_dir=runs, steps=2,
+                        workers=0, override="config.downstream_expert.datarc.batch_size=4")
+        expdir = run_superb(run)
+        assert (expdir / "usad_test.log").read_text().count("test acc:") == 1
+
+    make_hear_task(tmp_path / "tasks")
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "bands_module.py").write_text(BANDS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    run_hear(HearRun(module="hear_api", model=tiny_checkpoint, tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster"))
+    run_hear(HearRun(module="bands_module", tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster"))
+
+    measured = collect(runs)
+    test = measured[measured["split"] == "test"].set_index(["benchmark", "model"])["score"]
+    assert set(test.index) == {("SUPERB", "usad-tiny"), ("SUPERB", "fbank"), ("HEAR", "hear_api-tiny"),
+                               ("HEAR", "bands_module")}
+    assert test.notna().all() and ((test >= 0) & (test <= 100)).all()
+    paths = render(measured, load_published(), tmp_path / "board")
+    table = pd.read_csv(paths["csv"])
+    assert (table["source"] == "measured here").sum() == len(measured)
+    md = paths["md"].read_text()
+    for model in ("usad-tiny", "fbank", "hear_api-tiny", "bands_module", "USAD Base"):
+        assert model in md
+    assert paths["png"].stat().st_size > 1000
