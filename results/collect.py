@@ -80,15 +80,15 @@ def _superb_rows(expdir: Path, runs_dir: Path) -> list[dict]:
         else:
             row_status = status if status not in ("done", "unknown") else "missing"
             score = float("nan")
-        if split == "dev" and status == "unknown" and value is None:
-            continue  # hand-run experiments without dev evaluation (ASV) are not partial
+        if split == "dev" and value is None and (status == "unknown" or not spec.has_dev):
+            continue  # no dev score expected: not a gap
         rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=SUPERB, task=task, metric=spec.metric,
                          split=split, score=score, run_id=run_id, date=date, source=MEASURED, status=row_status))
     return rows
 
 
-def _hear_rows(task_dir: Path, runs_dir: Path, model: str, ckpt_hash: str, run_status_: str, run_id: str,
-               date: str, failed: "dict | None" = None) -> list[dict]:
+def _hear_rows(task_dir: Path, model: str, ckpt_hash: str, run_status_: str, run_id: str, date: str,
+               failed: bool = False) -> list[dict]:
     res = heareval_scores.read_task_dir(task_dir)
     rows = []
     for split, value in (("dev", res.dev), ("test", res.test)):
@@ -115,9 +115,9 @@ def _hear_run_rows(run_dir: Path, manifest: dict, runs_dir: Path, seen: set[Path
     for name, info in sorted((manifest.get("tasks") or {}).items()):
         task_dir = emb / name
         seen.add(task_dir)
-        failed = info if info.get("status") == "failed" else None
+        failed = info.get("status") == "failed"
         if (task_dir / "task_metadata.json").is_file():
-            rows += _hear_rows(task_dir, runs_dir, model, ckpt_hash, status, run_id, date, failed)
+            rows += _hear_rows(task_dir, model, ckpt_hash, status, run_id, date, failed)
             continue
         task = heareval_scores.hear_task_name(name, str(info.get("task_name", name)))
         gap = "failed" if failed else (status if status in ("running", "interrupted") else "missing")
@@ -144,7 +144,7 @@ def collect(runs_dir: "str | Path") -> pd.DataFrame:
             rows += _superb_rows(path, runs_dir)
         elif path.resolve() not in seen and _is_hear_embeddings_dir(path):
             # heareval run by hand: embeddings/<module>/<task>; the module names the model.
-            rows += _hear_rows(path, runs_dir, path.parent.name, "", "unknown",
+            rows += _hear_rows(path, path.parent.name, "", "unknown",
                                path.parent.relative_to(runs_dir).as_posix(), "")
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["score"] = df["score"].astype(float)

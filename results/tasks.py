@@ -22,6 +22,7 @@ class SuperbTask:
     higher_is_better: bool
     # Factor from what the s3prl expert logs to the published unit (percent; MTWV as is).
     scale: float = 100.0
+    has_dev: bool = True  # ASV has no dev selection: every kept checkpoint is scored on test
 
 
 SUPERB_TASKS: dict[str, SuperbTask] = {
@@ -35,7 +36,7 @@ SUPERB_TASKS: dict[str, SuperbTask] = {
         SuperbTask("ASR", "asr", "wer", higher_is_better=False, scale=1.0),  # asr logs percent
         SuperbTask("SD", "diarization", "der", higher_is_better=False),
         SuperbTask("SF", "ctc", "slot_type_f1", higher_is_better=True),
-        SuperbTask("ASV", "sv_voxceleb1", "eer", higher_is_better=False),
+        SuperbTask("ASV", "sv_voxceleb1", "eer", higher_is_better=False, has_dev=False),
         SuperbTask("QbE", "quesst14_dtw", "mtwv", higher_is_better=True, scale=1.0),
     )
 }

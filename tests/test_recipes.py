@@ -145,3 +145,24 @@ def test_failed_stage_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(runner.RecipeError, match="train stage failed"):
         runner.run_superb(run)
     assert read_manifest(run.expdir)["stages"]["train"]["status"] == "failed"
+
+
+def test_sigterm_stops_the_s3prl_child(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+    import threading
+
+    pid_file = tmp_path / "child.pid"
+    child = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"]
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        runner._stream(child, tmp_path / "log.txt", dict(os.environ))
+    timer.cancel()
+    child_pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # killed and reaped by _stream
+            os.kill(child_pid, 0)
+            threading.Event().wait(0.1)
+    assert signal.getsignal(signal.SIGTERM) is not runner._raise_interrupt

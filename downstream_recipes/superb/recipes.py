@@ -139,17 +139,17 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     r.task: r
     for r in (
-        Recipe("PR", "ctc", CONFIG_DIR / "pr.yaml", _pr, f"{DE}.corpus.num_workers", 60),
-        Recipe("KS", "speech_commands", CONFIG_DIR / "ks.yaml", _ks, f"{DE}.datarc.num_workers", 120),
-        Recipe("IC", "fluent_commands", CONFIG_DIR / "ic.yaml", _ic, f"{DE}.datarc.num_workers", 120),
-        Recipe("SID", "voxceleb1", CONFIG_DIR / "sid.yaml", _sid, f"{DE}.datarc.num_workers", 60),
-        Recipe("ER", "emotion", CONFIG_DIR / "er.yaml", _er, f"{DE}.datarc.num_workers", 60),
-        Recipe("ASR", "asr", CONFIG_DIR / "asr.yaml", _asr, f"{DE}.datarc.num_workers", 60, "test-clean",
+        Recipe("PR", "ctc", CONFIG_DIR / "pr.yaml", _pr, f"{DE}.corpus.num_workers", 30),
+        Recipe("KS", "speech_commands", CONFIG_DIR / "ks.yaml", _ks, f"{DE}.datarc.num_workers", 40),
+        Recipe("IC", "fluent_commands", CONFIG_DIR / "ic.yaml", _ic, f"{DE}.datarc.num_workers", 40),
+        Recipe("SID", "voxceleb1", CONFIG_DIR / "sid.yaml", _sid, f"{DE}.datarc.num_workers", 30),
+        Recipe("ER", "emotion", CONFIG_DIR / "er.yaml", _er, f"{DE}.datarc.num_workers", 30),
+        Recipe("ASR", "asr", CONFIG_DIR / "asr.yaml", _asr, f"{DE}.datarc.num_workers", 30, "test-clean",
                ("dev-clean-best.ckpt",)),
-        Recipe("SD", "diarization", CONFIG_DIR / "sd.yaml", _sd, f"{DE}.loaderrc.num_workers", 60, "test",
+        Recipe("SD", "diarization", CONFIG_DIR / "sd.yaml", _sd, f"{DE}.loaderrc.num_workers", 30, "test",
                ("best-states-dev.ckpt",)),
-        Recipe("SF", "ctc", CONFIG_DIR / "sf.yaml", _sf, f"{DE}.corpus.num_workers", 60),
-        Recipe("ASV", "sv_voxceleb1", CONFIG_DIR / "asv.yaml", _asv, f"{DE}.datarc.num_workers", 60, "test", ()),
+        Recipe("SF", "ctc", CONFIG_DIR / "sf.yaml", _sf, f"{DE}.corpus.num_workers", 30),
+        Recipe("ASV", "sv_voxceleb1", CONFIG_DIR / "asv.yaml", _asv, f"{DE}.datarc.num_workers", 30, "test", ()),
     )
 }
 

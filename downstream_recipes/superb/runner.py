@@ -10,8 +10,10 @@ states-*.ckpt (`-e`). Any upstream s3prl knows works (usad -k CKPT, fbank, wavlm
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -59,8 +61,26 @@ class SuperbRun:
         return (Path(self.runs_dir) / "superb" / self.recipe.task / self.model_name).resolve()
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _stream(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
-    """Run cmd, copying its stdout+stderr both to our stdout and to `log` (appended)."""
+    """Run cmd, copying its stdout+stderr both to our stdout and to `log` (appended).
+
+    SIGTERM is turned into KeyboardInterrupt meanwhile, so a killed recipe takes its s3prl child
+    down with it and records the stage as interrupted instead of leaving an orphan training.
+    """
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+    try:
+        return _stream_to(cmd, log, env)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _stream_to(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
     with log.open("ab") as sink:
         sink.write(f"\n=== {now()} $ {' '.join(cmd)}\n".encode())
         sink.flush()
@@ -77,6 +97,7 @@ def _stream(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
                 sys.stdout.flush()
         except BaseException:
             proc.kill()
+            proc.wait()
             raise
         return proc.wait()
 
@@ -147,10 +168,10 @@ def run_superb(run: SuperbRun) -> Path:
     if run.upstream_ckpt is not None and not Path(run.upstream_ckpt).is_file():
         raise ValueError(f"upstream checkpoint not found: {run.upstream_ckpt}")
     expdir = run.expdir
-    expdir.mkdir(parents=True, exist_ok=True)
     ckpt_hash = file_hash(run.upstream_ckpt) if run.upstream_ckpt else ""
     stages = _Stages(run, _open_manifest(run, ckpt_hash))
-    overrides = _overrides(run, recipe.data(data.resolve(), expdir))
+    overrides = _overrides(run, recipe.data(data.resolve(), expdir))  # checks the data layout first
+    expdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if recipe.task == "SID":
         env[CACHE_ENV] = str(expdir / "s3prl_cache")
