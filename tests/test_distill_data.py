@@ -55,7 +55,7 @@ def test_manifest_build_counts_unreadable_and_roundtrips(corpus, capsys):
     assert len(read_manifest(out)) == 8
     assert "wrote" in capsys.readouterr().out
     write_manifest(entries, out)
-    assert read_manifest(out) == entries
+    assert list(read_manifest(out)) == entries
     out.write_text("path\tnum_samples\tsample_rate\tdomain\nx.wav\t10\t16000\tnoise\n")
     with pytest.raises(ValueError, match=r"m.tsv:2: domain must be one of"):
         read_manifest(out)
@@ -88,11 +88,11 @@ def test_bad_files_are_skipped_and_counted_without_crashing(corpus):
 def test_plans_are_deterministic_and_bucketing_caps_seconds(corpus):
     entries, _ = build_manifest([corpus / "good"], "speech")
     entries = entries * 5
-    a = BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(0)
-    b = BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(0)
+    a = BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(0).batches()
+    b = BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(0).batches()
     assert a == b
-    assert a != BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=2).epoch(0)
-    assert a != BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(1)
+    assert a != BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=2).epoch(0).batches()
+    assert a != BatchPlanner(entries, cfg(), micro_seconds=5.0, seed=1).epoch(1).batches()
     assert sum(len(m) for m in a) == len(entries)
     for micro in a:
         assert len(micro) * max(c.samples for c in micro) <= 5.0 * 16000
@@ -105,10 +105,10 @@ def test_plans_are_deterministic_and_bucketing_caps_seconds(corpus):
 
 def test_domain_weights_repeat_sound_and_music():
     entries = [ManifestEntry(f"/x/{d}{i}.wav", 16000, 16000, d) for d in ("speech", "sound", "music") for i in range(10)]
-    plan = BatchPlanner(entries, cfg(domain_weights={"speech": 1.0, "sound": 2.0, "music": 2.0}), 5.0, seed=0).epoch(0)
+    plan = BatchPlanner(entries, cfg(domain_weights={"speech": 1.0, "sound": 2.0, "music": 2.0}), 5.0, seed=0).epoch(0).batches()
     counts = np.bincount([c.index for m in plan for c in m], minlength=30)
     assert counts[:10].tolist() == [1] * 10 and counts[10:].tolist() == [2] * 20
-    half = BatchPlanner(entries, cfg(domain_weights={"speech": 0.5, "sound": 0.0, "music": 1.0}), 5.0, seed=0).epoch(0)
+    half = BatchPlanner(entries, cfg(domain_weights={"speech": 0.5, "sound": 0.0, "music": 1.0}), 5.0, seed=0).epoch(0).batches()
     counts = np.bincount([c.index for m in half for c in m], minlength=30)
     assert 0 < counts[:10].sum() < 10 and counts[10:20].sum() == 0 and counts[20:].tolist() == [1] * 10
 
@@ -129,3 +129,15 @@ def test_ranks_split_the_single_process_plan_and_state_resumes(corpus):
     assert [m["crops"] for m in next(iter(resumed))] == after
     with pytest.raises(ValueError, match="less than one crop"):
         DistillData(entries, cfg(), batch_seconds=3.0, seed=0, world_size=2)
+
+
+def test_segments_mode_cuts_fixed_pieces_and_bad_rows_name_their_line(tmp_path):
+    entries = [ManifestEntry("/x/a.wav", int(4.6 * 8000), 8000, "music"), ManifestEntry("/x/b.wav", 16000, 16000, "sound")]
+    plan = BatchPlanner(entries, cfg(crop="segments"), 5.0, seed=0).epoch(0).batches()
+    pieces = sorted((c.index, c.start, c.frames, c.samples) for m in plan for c in m)
+    # a: 2 s + 2 s + 0.6 s (kept, >= min_seconds), each piece twice (music weight 2); b: one 1 s piece, twice
+    assert pieces == sorted(2 * [(0, 0, 16000, 32000), (0, 16000, 16000, 32000), (0, 32000, 4800, 9600), (1, 0, 16000, 16000)])
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("path\tnum_samples\tsample_rate\tdomain\na.wav\t100\t16000\tspeech\nb.wav\t1.5\t16000\tspeech\n")
+    with pytest.raises(ValueError, match=r"bad.tsv:3: num_samples must be an integer > 0, got '1.5'"):
+        read_manifest(bad)

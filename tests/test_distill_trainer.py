@@ -14,7 +14,7 @@ from usad_upstream import build_model, load_model, save_checkpoint
 from usad_upstream.cli import main
 from usad_upstream.distill.cache import TargetCache, build_cache
 from usad_upstream.distill.config import load_config
-from usad_upstream.distill.data import DataConfig, build_manifest, write_manifest
+from usad_upstream.distill.data import DataConfig, build_manifest, read_manifest, write_manifest
 from usad_upstream.distill.trainer import distilled_teacher_layers, teacher_specs, train
 from usad_upstream.teachers import build_teacher
 from usad_upstream.teachers.base import Teacher, TeacherOutput
@@ -133,7 +133,7 @@ def test_training_from_the_target_cache_matches_online_targets(setup):
     specs = {s.name: s for s in teacher_specs(cached, teachers)}
     layers = {n: distilled_teacher_layers(s.num_layers, 2) for n, s in specs.items()}
     cache = TargetCache.create(setup / "cache", TargetCache.describe(cached["teachers"], specs, layers, data))
-    entries = [e for m in data.manifests for e in __import__("usad_upstream.distill.data", fromlist=["x"]).read_manifest(m)]
+    entries = read_manifest(data.manifests[0])
     counts = build_cache(cache, entries, data, teachers, torch.device("cpu"), 6.0, progress=False)
     assert counts["written"] == 10
     assert build_cache(cache, entries, data, teachers, torch.device("cpu"), 6.0, progress=False)["cached_before"] == 10

@@ -16,10 +16,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
-from .data import BatchPlanner, Crop, DataConfig, ManifestEntry, MicroBatches
+from .data import BatchPlanner, Crop, DataConfig, Manifest, ManifestEntry, MicroBatches, RankBatches, pack
 from .objective import Targets, TeacherSpec
 
 FORMAT = "usad-target-cache"
@@ -143,7 +144,7 @@ class TargetCache:
 
 def build_cache(
     cache: TargetCache,
-    entries: Sequence[ManifestEntry],
+    entries: "Manifest | Sequence[ManifestEntry]",
     data: DataConfig,
     teachers: Mapping[str, torch.nn.Module],
     device: torch.device,
@@ -158,26 +159,19 @@ def build_cache(
     if data.crop != "segments":
         raise ValueError("the target cache needs fixed crops: set data.crop=segments (consecutive max_seconds pieces)")
     planner = BatchPlanner(entries, data, max(batch_seconds, data.max_seconds), seed=0)
-    crops = [planner.crop(u, None) for u in range(planner.num_units)]  # type: ignore[arg-type]
     counts: Counter = Counter(too_short=planner.skipped["too_short"])
-    todo = []
-    for i, c in enumerate(crops):
-        if i % world_size != rank:
-            continue
-        if cache.file(entries[c.index], c).is_file():
-            counts["cached_before"] += 1
-        else:
-            todo.append(c)
-    todo.sort(key=lambda c: -c.samples)
-    batches: list[list[Crop]] = []
-    for c in todo:
-        if batches and (len(batches[-1]) + 1) * batches[-1][0].samples <= planner.micro_samples:
-            batches[-1].append(c)
-        else:
-            batches.append([c])
-    dataset = MicroBatches(planner, [(0, i, b) for i, b in enumerate(batches)], refill=False)
+    mine = np.arange(rank, planner.num_units, world_size)
+    index, start, frames, samples = planner.crops(mine, None)
+    todo = np.ones(mine.shape[0], dtype=bool)
+    for j in range(mine.shape[0]):
+        crop = Crop(int(index[j]), int(start[j]), int(frames[j]), int(samples[j]))
+        todo[j] = not cache.file(planner.entries[crop.index], crop).is_file()
+    counts["cached_before"] = int((~todo).sum())
+    plan = pack(index[todo], start[todo], frames[todo], samples[todo], planner.micro_samples, pool=max(1, int(todo.sum())))
+    batches = RankBatches(plan, 0, 0, len(plan), 1, 0, 1)
+    dataset = MicroBatches(planner, batches, refill=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=data.num_workers)
-    for micro in tqdm(loader, total=len(batches), desc=f"caching targets (rank {rank})", disable=not progress, unit="batch"):
+    for micro in tqdm(loader, total=len(plan), desc=f"caching targets (rank {rank})", disable=not progress, unit="batch"):
         counts.update(micro["skipped"])
         if micro["wavs"] is None:
             continue
@@ -189,6 +183,6 @@ def build_cache(
                 n = int(out.lengths[i])
                 per_item[i][name] = {tl: out.layers[tl - 1][i, :n] for tl in cache.layers[name]}
         for crop, targets in zip(micro["crops"], per_item):
-            cache.write(entries[crop.index], crop, targets)
+            cache.write(planner.entries[crop.index], crop, targets)
             counts["written"] += 1
     return counts

@@ -32,7 +32,7 @@ def _cache(args: argparse.Namespace) -> int:
     from .config import load_config
 
     from .cache import TargetCache, build_cache
-    from .data import DataConfig, read_manifest
+    from .data import DataConfig, Manifest, read_manifest
     from .trainer import build_teachers, distilled_teacher_layers, teacher_specs
 
     config = load_config(args.config, args.overrides)
@@ -49,7 +49,7 @@ def _cache(args: argparse.Namespace) -> int:
     k = config["objective"]["num_layers"]
     layers = {n: distilled_teacher_layers(s.num_layers, k) for n, s in specs.items()}
     cache = TargetCache.create(config["cache"]["dir"], TargetCache.describe(config["teachers"], specs, layers, data))
-    entries = [e for m in data.manifests for e in read_manifest(m)]
+    entries = Manifest.concat([read_manifest(m) for m in data.manifests])
     with torch.inference_mode():
         counts = build_cache(cache, entries, data, teachers, device, config["train"]["batch_seconds"], rank, world, progress=rank == 0)
     print(f"rank {rank}: target cache {cache.root}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -108,7 +108,7 @@ def _manifest_build(args: argparse.Namespace) -> int:
 
     entries, skipped = build_manifest(args.sources, args.domain, args.min_seconds)
     if args.append and Path(args.output).is_file():
-        old = read_manifest(args.output)
+        old = list(read_manifest(args.output))
         known = {e.path for e in old}
         entries = old + [e for e in entries if e.path not in known]
     if not entries:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence as SequenceABC
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -108,30 +108,72 @@ def write_manifest(entries: Sequence[ManifestEntry], path: "str | Path") -> Path
     return Path(path)
 
 
-def read_manifest(path: "str | Path") -> list[ManifestEntry]:
-    """Parse and validate a manifest; every problem names the file, line and field."""
+class Manifest:
+    """Columnar manifest: numpy arrays instead of one Python object per file, so tens of millions
+    of files fit in memory once and DataLoader workers share them copy-on-write.
+    `manifest[i]` is a ManifestEntry; iteration yields all of them."""
+
+    def __init__(self, paths: Sequence[str], num_samples: Sequence[int], sample_rate: Sequence[int], domain: Sequence[int]) -> None:
+        encoded = [p.encode() for p in paths]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+        self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.num_samples = np.asarray(num_samples, dtype=np.int64)
+        self.sample_rate = np.asarray(sample_rate, dtype=np.int64)
+        self.domain = np.asarray(domain, dtype=np.int8)  # index into DOMAINS
+
+    @classmethod
+    def from_entries(cls, entries: Sequence[ManifestEntry]) -> "Manifest":
+        return cls([e.path for e in entries], [e.num_samples for e in entries], [e.sample_rate for e in entries],
+                   [DOMAINS.index(e.domain) for e in entries])
+
+    @classmethod
+    def concat(cls, parts: Sequence["Manifest"]) -> "Manifest":
+        return cls([e.path for m in parts for e in m], np.concatenate([m.num_samples for m in parts]),
+                   np.concatenate([m.sample_rate for m in parts]), np.concatenate([m.domain for m in parts]))
+
+    def __len__(self) -> int:
+        return int(self.num_samples.shape[0])
+
+    def path(self, i: int) -> str:
+        return self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes().decode()
+
+    def __getitem__(self, i: int) -> ManifestEntry:
+        return ManifestEntry(self.path(i), int(self.num_samples[i]), int(self.sample_rate[i]), DOMAINS[self.domain[i]])
+
+    def __iter__(self) -> Iterator[ManifestEntry]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def seconds(self) -> float:
+        return float((self.num_samples / self.sample_rate).sum())
+
+
+def read_manifest(path: "str | Path") -> Manifest:
+    """Parse and validate a manifest TSV (pandas, fast for millions of rows); errors name the line."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"manifest not found: {path}; create one with `usad manifest build DIR --domain speech -o {path}`")
-    entries = []
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header is None or tuple(header) != COLUMNS:
-            raise ValueError(f"{path}: header must be {'<TAB>'.join(COLUMNS)}, got {header}")
-        for lineno, row in enumerate(reader, start=2):
-            if len(row) != len(COLUMNS):
-                raise ValueError(f"{path}:{lineno}: expected {len(COLUMNS)} tab-separated fields, got {len(row)}")
-            try:
-                num_samples, sample_rate = int(row[1]), int(row[2])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: num_samples and sample_rate must be integers, got {row[1:3]}") from None
-            if num_samples <= 0 or sample_rate <= 0:
-                raise ValueError(f"{path}:{lineno}: num_samples and sample_rate must be > 0, got {row[1:3]}")
-            if row[3] not in DOMAINS:
-                raise ValueError(f"{path}:{lineno}: domain must be one of {list(DOMAINS)}, got {row[3]!r}")
-            entries.append(ManifestEntry(row[0], num_samples, sample_rate, row[3]))
-    return entries
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE, engine="c")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: not a tab-separated manifest ({exc})") from None
+    if tuple(df.columns) != COLUMNS:
+        raise ValueError(f"{path}: header must be {'<TAB>'.join(COLUMNS)}, got {list(df.columns)}")
+    numbers = {c: pd.to_numeric(df[c], errors="coerce") for c in ("num_samples", "sample_rate")}
+    for c, values in numbers.items():
+        bad = values.isna() | (values <= 0) | (values != values.round())
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise ValueError(f"{path}:{row + 2}: {c} must be an integer > 0, got {df[c].iloc[row]!r}")
+    domain = df["domain"].map({d: i for i, d in enumerate(DOMAINS)})
+    if domain.isna().any():
+        row = int(np.argmax(domain.isna().to_numpy()))
+        raise ValueError(f"{path}:{row + 2}: domain must be one of {list(DOMAINS)}, got {df['domain'].iloc[row]!r}")
+    return Manifest(df["path"].tolist(), numbers["num_samples"].to_numpy(np.int64),
+                    numbers["sample_rate"].to_numpy(np.int64), domain.to_numpy(np.int8))
 
 
 # ----------------------------------------------------------------------------- config
@@ -180,42 +222,77 @@ class Crop:
     samples: int
 
 
-def resampled_length(frames: int, sample_rate: int) -> int:
-    return math.ceil(frames * SAMPLE_RATE / sample_rate)
+@dataclass
+class Plan:
+    """Crops as parallel arrays; micro-batch j holds items lo[j]:hi[j] (a contiguous, length-sorted run)."""
+
+    index: np.ndarray
+    start: np.ndarray
+    frames: np.ndarray
+    samples: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.lo.shape[0])
+
+    def batch(self, j: int) -> list[Crop]:
+        return [
+            Crop(int(self.index[i]), int(self.start[i]), int(self.frames[i]), int(self.samples[i]))
+            for i in range(int(self.lo[j]), int(self.hi[j]))
+        ]
+
+    def batches(self) -> list[list[Crop]]:
+        return [self.batch(j) for j in range(len(self))]
+
+
+def pack(
+    index: np.ndarray, start: np.ndarray, frames: np.ndarray, samples: np.ndarray, cap: int, pool: int
+) -> Plan:
+    """Length bucketing: within consecutive pools of `pool` crops, sort longest first and cut
+    micro-batches whose padded size (count x longest) stays within `cap` samples."""
+    order = np.lexsort((-samples, np.arange(samples.shape[0]) // pool))
+    index, start, frames, samples = index[order], start[order], frames[order], samples[order]
+    lo, hi = [], []
+    for p0 in range(0, samples.shape[0], pool):
+        p, end = p0, min(p0 + pool, samples.shape[0])
+        while p < end:  # samples[p] is the longest of what is left in this pool
+            q = min(end, p + max(1, cap // int(samples[p])))
+            lo.append(p), hi.append(q)
+            p = q
+    return Plan(index, start, frames, samples, np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64))
 
 
 class BatchPlanner:
-    """Deterministic epoch plans: a list of micro-batches (lists of Crops) from (seed, epoch)."""
+    """Deterministic epoch plans from (seed, epoch): which crops, and how they form micro-batches."""
 
-    def __init__(self, entries: Sequence[ManifestEntry], config: DataConfig, micro_seconds: float, seed: int) -> None:
+    def __init__(self, manifest: "Manifest | Sequence[ManifestEntry]", config: DataConfig, micro_seconds: float, seed: int) -> None:
         if micro_seconds < config.max_seconds:
             raise ValueError(
                 f"a micro-batch holds batch_seconds / (world_size * grad_accum) = {micro_seconds:.2f} s, "
                 f"less than one crop of data.max_seconds = {config.max_seconds} s; raise batch_seconds or lower max_seconds"
             )
-        self.entries = list(entries)
+        self.entries = manifest if isinstance(manifest, Manifest) else Manifest.from_entries(list(manifest))
         self.config = config
         self.micro_samples = int(micro_seconds * SAMPLE_RATE)
         self.seed = seed
-        self.skipped = Counter()
-        idx, start, frames = [], [], []
-        for i, e in enumerate(self.entries):
-            if e.seconds < config.min_seconds:
-                self.skipped["too_short"] += 1
-                continue
-            if config.crop == "random":
-                idx.append(i), start.append(0), frames.append(e.num_samples)
-                continue
-            seg = int(config.max_seconds * e.sample_rate)
-            for s in range(0, e.num_samples, seg):
-                n = min(seg, e.num_samples - s)
-                if n >= config.min_seconds * e.sample_rate:
-                    idx.append(i), start.append(s), frames.append(n)
-        self.unit_index = np.asarray(idx, dtype=np.int64)
-        self.unit_start = np.asarray(start, dtype=np.int64)
-        self.unit_frames = np.asarray(frames, dtype=np.int64)
-        weights = config.domain_weights
-        self.unit_weight = np.asarray([weights.get(self.entries[i].domain, 1.0) for i in idx], dtype=np.float64)
+        m = self.entries
+        usable = m.num_samples >= config.min_seconds * m.sample_rate
+        self.skipped = Counter({"too_short": int((~usable).sum())})
+        files = np.nonzero(usable)[0]
+        if config.crop == "random":  # a unit is a whole file; a random crop of it is drawn each epoch
+            self.unit_index, self.unit_start, self.unit_frames = files, np.zeros_like(files), m.num_samples[files]
+        else:  # a unit is one of the consecutive max_seconds pieces of a file
+            seg = (config.max_seconds * m.sample_rate[files]).astype(np.int64)
+            reps = -(-m.num_samples[files] // seg)
+            index = np.repeat(files, reps)
+            piece = np.arange(index.shape[0]) - np.repeat(np.cumsum(reps) - reps, reps)
+            start = piece * np.repeat(seg, reps)
+            frames = np.minimum(np.repeat(seg, reps), m.num_samples[index] - start)
+            keep = frames >= config.min_seconds * m.sample_rate[index]
+            self.unit_index, self.unit_start, self.unit_frames = index[keep], start[keep], frames[keep]
+        by_domain = np.asarray([config.domain_weights.get(d, 1.0) for d in DOMAINS])
+        self.unit_weight = by_domain[m.domain[self.unit_index]]
         if self.skipped["too_short"]:
             log.warning("%d manifest files are shorter than %.2f s and are skipped", self.skipped["too_short"], config.min_seconds)
 
@@ -223,45 +300,39 @@ class BatchPlanner:
     def num_units(self) -> int:
         return int(self.unit_index.shape[0])
 
-    def crop(self, unit: int, rng: np.random.Generator) -> Crop:
-        """A crop of one unit: random position in `random` mode, the whole segment otherwise."""
-        i = int(self.unit_index[unit])
-        sr = self.entries[i].sample_rate
-        frames = int(self.unit_frames[unit])
-        start = int(self.unit_start[unit])
+    def crops(self, units: np.ndarray, rng: "np.random.Generator | None") -> tuple[np.ndarray, ...]:
+        """(index, start, frames, samples) of crops of `units`: a random max_seconds window of each
+        file in `random` mode (rng needed), the unit itself in `segments` mode."""
+        index, start, frames = self.unit_index[units], self.unit_start[units], self.unit_frames[units]
+        sr = self.entries.sample_rate[index]
         if self.config.crop == "random":
-            longest = int(self.config.max_seconds * sr)
-            if frames > longest:
-                start = int(rng.integers(0, frames - longest + 1))
-                frames = longest
-        return Crop(i, start, frames, resampled_length(frames, sr))
+            assert rng is not None
+            longest = (self.config.max_seconds * sr).astype(np.int64)
+            slack = np.maximum(frames - longest, 0)
+            start = start + (rng.random(units.shape[0]) * (slack + 1)).astype(np.int64)
+            frames = np.minimum(frames, longest)
+        samples = -(-frames * SAMPLE_RATE // sr)  # ceil: the length after resampling to 16 kHz
+        return index, start, frames, samples
 
-    def epoch(self, epoch: int) -> list[list[Crop]]:
+    def epoch(self, epoch: int) -> Plan:
         """All micro-batches of one epoch, in training order."""
         rng = np.random.default_rng([self.seed, epoch])
         w = self.unit_weight
         repeats = np.floor(w).astype(np.int64) + (rng.random(w.shape[0]) < (w - np.floor(w)))
         order = rng.permutation(np.repeat(np.arange(self.num_units), repeats))
-        crops = [self.crop(int(u), rng) for u in order]
-        batches: list[list[Crop]] = []
-        pool = max(1, self.config.bucket_pool * max(1, self.micro_samples // max(1, int(self.config.max_seconds * SAMPLE_RATE))))
-        for lo in range(0, len(crops), pool):
-            chunk = sorted(crops[lo : lo + pool], key=lambda c: -c.samples)
-            batch: list[Crop] = []
-            for c in chunk:  # longest first, so batch[0] sets the padded length
-                if batch and (len(batch) + 1) * batch[0].samples > self.micro_samples:
-                    batches.append(batch)
-                    batch = []
-                batch.append(c)
-            if batch:
-                batches.append(batch)
-        return [batches[j] for j in rng.permutation(len(batches))]
+        longest = int(self.config.max_seconds * SAMPLE_RATE)
+        pool = self.config.bucket_pool * max(1, self.micro_samples // longest)
+        plan = pack(*self.crops(order, rng), self.micro_samples, pool)
+        shuffle = rng.permutation(len(plan))
+        plan.lo, plan.hi = plan.lo[shuffle], plan.hi[shuffle]
+        return plan
 
     def refill(self, epoch: int, position: int) -> Iterator[Crop]:
         """Replacement crops for an emptied micro-batch, random but fixed by (seed, epoch, position)."""
         rng = np.random.default_rng([self.seed, epoch, position, 1])
         while True:
-            yield self.crop(int(rng.integers(self.num_units)), rng)
+            index, start, frames, samples = self.crops(rng.integers(self.num_units, size=1), rng)
+            yield Crop(int(index[0]), int(start[0]), int(frames[0]), int(samples[0]))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -311,12 +382,12 @@ class MicroBatches(torch.utils.data.Dataset):
     def __init__(
         self,
         planner: BatchPlanner,
-        batches: Sequence[tuple[int, int, list[Crop]]],
+        batches: Sequence[tuple[int, int, list[Crop]]],  # (epoch, position in epoch, crops)
         cache: "Any | None" = None,
         refill: bool = True,
     ) -> None:
         self.planner = planner
-        self.batches = list(batches)  # (epoch, position in epoch, crops)
+        self.batches = batches
         self.cache = cache
         self.refill = refill
         self.min_samples = int(planner.config.min_seconds * SAMPLE_RATE)
@@ -366,6 +437,24 @@ class MicroBatches(torch.utils.data.Dataset):
         return out
 
 
+class RankBatches(SequenceABC):
+    """This rank's micro-batches from `first_step` on: (epoch, position in the plan, crops), built lazily."""
+
+    def __init__(self, plan: Plan, epoch: int, first_step: int, steps: int, world_size: int, rank: int, grad_accum: int) -> None:
+        self.plan, self.epoch, self.first_step, self.steps = plan, epoch, first_step, steps
+        self.world_size, self.rank, self.grad_accum = world_size, rank, grad_accum
+
+    def __len__(self) -> int:
+        return (self.steps - self.first_step) * self.grad_accum
+
+    def __getitem__(self, i: int) -> tuple[int, int, list[Crop]]:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        step, a = self.first_step + i // self.grad_accum, i % self.grad_accum
+        position = step * self.world_size * self.grad_accum + a * self.world_size + self.rank
+        return self.epoch, position, self.plan.batch(position)
+
+
 class DistillData:
     """Per-rank stream of optimizer steps, each a list of `grad_accum` loaded micro-batches.
 
@@ -374,7 +463,7 @@ class DistillData:
 
     def __init__(
         self,
-        entries: Sequence[ManifestEntry],
+        entries: "Manifest | Sequence[ManifestEntry]",
         config: DataConfig,
         batch_seconds: float,
         seed: int,
@@ -388,12 +477,12 @@ class DistillData:
         self.world_size, self.rank, self.grad_accum = world_size, rank, grad_accum
         self.cache = cache
         self.epoch, self.step = 0, 0
-        self._plan: "tuple[int, list[list[Crop]]] | None" = None
+        self._plan: "tuple[int, Plan] | None" = None
 
     def steps_in_epoch(self, epoch: int) -> int:
         return len(self._epoch_plan(epoch)) // self.group
 
-    def _epoch_plan(self, epoch: int) -> list[list[Crop]]:
+    def _epoch_plan(self, epoch: int) -> Plan:
         if self._plan is None or self._plan[0] != epoch:
             self._plan = (epoch, self.planner.epoch(epoch))
         return self._plan[1]
@@ -404,14 +493,8 @@ class DistillData:
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
-    def _rank_batches(self, epoch: int, first_step: int) -> list[tuple[int, int, list[Crop]]]:
-        plan = self._epoch_plan(epoch)
-        out = []
-        for step in range(first_step, len(plan) // self.group):
-            for a in range(self.grad_accum):
-                pos = step * self.group + a * self.world_size + self.rank
-                out.append((epoch, pos, plan[pos]))
-        return out
+    def _rank_batches(self, epoch: int, first_step: int) -> "RankBatches":
+        return RankBatches(self._epoch_plan(epoch), epoch, first_step, self.steps_in_epoch(epoch), self.world_size, self.rank, self.grad_accum)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         while True:

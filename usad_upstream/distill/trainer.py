@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import math
 import os
 import random
 import time
@@ -36,7 +35,7 @@ from ..frontend import batch_fbank, check_waveforms, num_fbank_frames
 from ..model import ConvSubsampling, UsadModel
 from ..teachers.base import Teacher
 from .config import resume_conflicts
-from .data import SKIP_KINDS, DataConfig, DistillData, read_manifest
+from .data import SKIP_KINDS, DataConfig, DistillData, Manifest, read_manifest
 from .objective import DistillObjective, ObjectiveOutput, Targets, TeacherSpec, layer_mapping
 
 log = logging.getLogger(__name__)
@@ -249,8 +248,8 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc["warmup_steps"], tc["max_steps"]))
 
-    entries = [e for m in data_cfg.manifests for e in read_manifest(m)]
-    if not entries:
+    entries = Manifest.concat([read_manifest(m) for m in data_cfg.manifests])
+    if not len(entries):
         raise ValueError("data.manifests lists no audio: set data.manifests=[manifest.tsv] (see `usad manifest build`)")
     data = DistillData(entries, data_cfg, tc["batch_seconds"], tc["seed"], world, rank, tc["grad_accum"], cache)
 
