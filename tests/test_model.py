@@ -132,3 +132,18 @@ def test_position_cache_is_used_only_outside_autograd_and_follows_weight_updates
     out = model(wav)["x"].sum()  # with autograd on, gradients reach pos_proj
     out.backward()
     assert model.blocks[0].attn.pos_proj.weight.grad is not None
+
+
+def test_blocked_relative_bias_equals_the_full_shifted_product():
+    from usad_upstream.attention import rel_shift, relative_position_bias
+
+    torch.manual_seed(0)
+    for t in (1, 5, 130, 300):
+        q = torch.randn(2, 3, t, 8)
+        p = torch.randn(3, 8, 2 * t - 1)
+        full = rel_shift(torch.matmul(q, p))
+        assert full.shape == (2, 3, t, t)
+        brute = torch.einsum("bhid,hdij->bhij", q, torch.stack(
+            [p[:, :, t - 1 - i : 2 * t - 1 - i] for i in range(t)], dim=2))
+        assert torch.allclose(full, brute, atol=1e-5)
+        assert torch.allclose(relative_position_bias(q, p, block=64), full, atol=1e-5)

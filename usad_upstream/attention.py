@@ -20,14 +20,31 @@ def relative_sinusoids(length: int, dim: int, device: torch.device, dtype: torch
 
 
 def rel_shift(scores: torch.Tensor) -> torch.Tensor:
-    """[B, H, T, 2T-1] scores over offsets (T-1 .. -(T-1)) -> [B, H, T, T] indexed by (i, j).
+    """[B, H, T, W] scores over offsets -> [B, H, T, W-(T-1)] with row r shifted left by (T-1-r).
 
-    Entry (i, j) needs offset i - j, stored at column T-1-i+j: a strided view, no copy.
+    With W = 2T-1 columns for offsets T-1 .. -(T-1), entry (i, j) is offset i - j, stored at
+    column T-1-i+j: a strided view, no copy.
     """
     b, h, t, width = scores.shape
     scores = scores.contiguous()
     sb, sh, _, _ = scores.stride()
-    return scores.as_strided((b, h, t, t), (sb, sh, width - 1, 1), storage_offset=scores.storage_offset() + t - 1)
+    return scores.as_strided(
+        (b, h, t, width - t + 1), (sb, sh, width - 1, 1), storage_offset=scores.storage_offset() + t - 1
+    )
+
+
+def relative_position_bias(q_v: torch.Tensor, p: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """bias[b, h, i, j] = q_v[b, h, i] . p[h, :, T-1-i+j] for q_v [B, H, T, d], p [H, d, 2T-1].
+
+    A row block [i0, i1) only needs columns T-i1 .. 2T-2-i0, so computing it block by block does
+    about half the multiply-adds and memory traffic of the full [T, 2T-1] product.
+    """
+    b, h, t, _ = q_v.shape
+    out = q_v.new_empty(b, h, t, t)
+    for i0 in range(0, t, block):
+        i1 = min(i0 + block, t)
+        out[:, :, i0:i1] = rel_shift(torch.matmul(q_v[:, :, i0:i1], p[:, :, t - i1 : 2 * t - 1 - i0]))
+    return out
 
 
 class RelPositionSelfAttention(nn.Module):
@@ -62,7 +79,7 @@ class RelPositionSelfAttention(nn.Module):
         if cacheable and self._pos_cache is not None and self._pos_cache[0] == key:
             return self._pos_cache[1]
         p = (self.pos_proj(pos) * (1.0 / math.sqrt(self.head_dim))).view(-1, self.heads, self.head_dim)
-        p = p.permute(1, 2, 0)
+        p = p.permute(1, 2, 0).contiguous()
         if cacheable:
             self._pos_cache = (key, p)
         return p
@@ -75,9 +92,9 @@ class RelPositionSelfAttention(nn.Module):
         v = self.v_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         q_u = (q + self.pos_bias_u).transpose(1, 2)
         q_v = (q + self.pos_bias_v).transpose(1, 2)
-        bias = rel_shift(torch.matmul(q_v, self.projected_positions(pos)))
+        bias = relative_position_bias(q_v, self.projected_positions(pos))
         if key_padding is not None:
-            bias = bias.masked_fill(key_padding[:, None, None, :], float("-inf"))
+            bias.masked_fill_(key_padding[:, None, None, :], float("-inf"))
         out = F.scaled_dot_product_attention(
             q_u, k, v, attn_mask=bias.to(q_u.dtype), dropout_p=self.dropout if self.training else 0.0
         )
