@@ -46,9 +46,11 @@ DEFAULTS: dict[str, Any] = {
     "cache": {"dir": None},  # a directory built by `usad distill-cache`: train from stored teacher targets
 }
 
-# Keys that may change between a run and its resumption without changing what is trained.
+# Keys that may change between a run and its resumption without changing what is trained
+# (grad_accum may change with the number of processes as long as their product stays the same).
 RESUMABLE_CHANGES = {
     "train.stop_after", "train.log_every", "train.ckpt_every", "train.keep_last", "data.num_workers", "train.device",
+    "train.grad_accum",
 }
 
 

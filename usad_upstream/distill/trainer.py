@@ -260,6 +260,11 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
         distiller.objective.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state["micro_batches_per_step"] != data.group:
+            raise ValueError(
+                f"{ckpt_path} was trained with world_size x grad_accum = {state['micro_batches_per_step']} micro-batches "
+                f"per step, this run has {world} x {tc['grad_accum']}: set train.grad_accum so the product matches"
+            )
         data.load_state_dict(state["sampler"])
         step, skipped = state["step"], Counter(state["skipped"])
         if len(state["rng"]) == world:
@@ -364,6 +369,7 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "sampler": data.state_dict(),
+                    "micro_batches_per_step": data.group,
                     "rng": rngs,
                     "skipped": dict(skipped),
                     "config": config,
