@@ -5,8 +5,9 @@
     emb, ts = hear_api.get_timestamp_embeddings(audio, model)        # [n, T, D], [n, T] in ms
     scene = hear_api.get_scene_embeddings(audio, model)              # [n, D]
 
-heareval:  python -m heareval.embeddings.runner hear_api --model usad_base.safetensors
-(or `usad hear embed hear_api --model ...`, which first applies the compatibility patches).
+heareval:  usad hear embed hear_api --model usad_base.safetensors --tasks-dir tasks
+(the same arguments as `python -m heareval.embeddings.runner`, which works as is where TensorFlow
+is installed; `usad hear embed` first applies usad_upstream.compat.patch_heareval).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class UsadHearModel(nn.Module):
 
     def __init__(self, encoder: UsadModel, layers: Sequence[int], pooling: str) -> None:
         super().__init__()
-        self.encoder = encoder.eval()
+        self.encoder = encoder
         self.layers = tuple(layers)
         self.pooling = pooling
         dim = int(encoder.config.dim)

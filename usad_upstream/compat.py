@@ -130,16 +130,18 @@ def _decode_gpu_name() -> None:
     gpu_max_mem.device_name = device_name
 
 
-def patch_heareval() -> None:
+def patch_heareval(lightning: bool = True) -> None:
     """Make heareval 2021.1.3's runners and hear-validator run unmodified on this stack.
 
     Call before importing them. Idempotent; each part checks first: a TensorFlow stand-in only when
     TensorFlow is absent, the FitLoop.current_epoch setter only when missing, the NVML name fix
-    only on GPU machines with a str-returning pynvml.
+    only on GPU machines. `lightning=False` skips the pytorch-lightning fix, which only the
+    predictions runner needs, and so its import (seconds) for hear-validator and embeddings.
     """
     if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is None:
         sys.modules["tensorflow"] = _tensorflow_stand_in()
-    _restore_fit_loop_current_epoch()
+    if lightning:
+        _restore_fit_loop_current_epoch()
     _decode_gpu_name()
 
 

@@ -23,7 +23,7 @@ def validate(module: str, model: str, device: "str | None" = None) -> None:
     """Run hear-validator's own ValidateModel on `module` with checkpoint `model`."""
     from .compat import patch_heareval
 
-    patch_heareval()
+    patch_heareval(lightning=False)
     from hearvalidator.validate import ModelError, ValidateModel
 
     try:
@@ -50,7 +50,7 @@ def run_embeddings_runner(args: Sequence[str]) -> int:
     """heareval.embeddings.runner with `args` (module, --model, --tasks-dir, --task, ...)."""
     from .compat import patch_heareval
 
-    patch_heareval()
+    patch_heareval(lightning=False)
     from heareval.embeddings.runner import runner
 
     return _run_click(runner, args, "usad hear embed")
