@@ -116,3 +116,12 @@ def test_missing_corpus_is_a_clear_error(tmp_path: Path) -> None:
         check.check_corpora(tmp_path)
     with pytest.raises(ValueError, match="unknown size"):
         build.build_corpora(tmp_path, size="huge")
+    with pytest.raises(ValueError, match="apt-get install -y --no-install-recommends usad-no-such-package"):
+        sources.ensure_packages(("espeak-ng", "usad-no-such-package"), install=False)
+
+
+def test_lexicon_uses_libriphone_phones() -> None:
+    vocab = sources.phone_vocabulary()
+    assert len(vocab) == 71 and vocab[:2] == ["SIL", "SPN"]
+    assert sources.flite_phones("wombat") == ["W", "AA1", "M", "B", "AE0", "T"]
+    assert sources.flite_phones("a") == ["AH0"]

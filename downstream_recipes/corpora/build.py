@@ -74,4 +74,33 @@ def build_corpora(out: "str | Path", size: str = "mini", seed: int = 0, stages: 
         marker.write_text(json.dumps(dict(params, seconds=timings[stage])))
         log.info("%s: done in %.1f s", stage, timings[stage])
     shutil.rmtree(out / ".staging", ignore_errors=True)
+    _index(out)
     return timings
+
+
+# where each corpus plugs into the real recipes
+USAGE = {
+    "librispeech": "s3prl -d ctc (libriphone): corpus.path=<dir>, corpus.lexicon=[<dir>/lexicon.txt], "
+    "text.vocab_file=<dir>/phoneme.txt; -d asr: datarc.libri_root=<dir>, datarc.bucket_file=<dir>/len_for_bucket, "
+    "datarc.dict_path=<dir>/char.dict",
+    "speech_commands": "s3prl -d speech_commands: datarc.speech_commands_root=<dir>/speech_commands_v0.01, "
+    "datarc.speech_commands_test_root=<dir>/speech_commands_test_set_v0.01",
+    "voxceleb1": "s3prl -d voxceleb1: datarc.file_path=<dir>, datarc.meta_data=<dir>/iden_split.txt",
+    "fluent_speech_commands": "s3prl -d fluent_commands: datarc.file_path=<dir>",
+    "hear": "heareval: --tasks-dir <dir>/tasks",
+    "pool": "usad distill: data.manifests=[<dir>/manifest.tsv]",
+}
+
+
+def _index(out: Path) -> None:
+    """OUT/README.md: what is built, with which size/seed/time, and how each plugs into a recipe."""
+    lines = ["# USAD local benchmark corpora", "", "| corpus | folder | size | seed | build s | use with |", "|---|---|---|---|---|---|"]
+    for stage, (folder, _) in STAGES.items():
+        marker = _marker(out, stage)
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            lines.append(f"| {stage} | [{folder}]({folder}/README.md) | {done['size']} | {done['seed']} | {done['seconds']} | "
+                         f"{USAGE[stage].replace('<dir>', str((out / folder).resolve()))} |")
+    lines += ["", "Each folder has a README.md datasheet (counts, durations, speakers, sources, licences, splits). "
+              "Validate with `usad corpora check " + str(out) + "`."]
+    (out / "README.md").write_text("\n".join(lines) + "\n")

@@ -19,16 +19,16 @@ log = logging.getLogger(__name__)
 # Debian package -> (what it gives, licence as stated in its copyright file)
 PACKAGES: dict[str, tuple[str, str]] = {
     "espeak-ng": ("speech synthesizer, English accents x voice variants", "GPL-3+"),
-    "flite": ("speech synthesizer (voices kal16, awb, rms, slt) and t2p (CMU-lexicon phones)", "BSD-like (CMU)"),
+    "flite": ("speech synthesizer (voices kal16, awb, rms, slt) and t2p (CMU-lexicon phones)", "BSD-style (CMU / Edinburgh), some files GPL-2"),
     "fluidsynth": ("SoundFont synthesizer", "LGPL-2.1+"),
-    "timgm6mb-soundfont": ("TimGM6mb General MIDI soundfont (training instruments)", "GPL-2"),
+    "timgm6mb-soundfont": ("TimGM6mb General MIDI soundfont (training instruments)", "GPL-2 / GPL-3+"),
     "musescore-general-soundfont-small": ("MuseScore_General_Lite soundfont (held-out test instruments)", "MIT"),
     "fluid-soundfont-gm": ("FluidR3_GM soundfont (more training instruments)", "MIT"),
     "asterisk-core-sounds-en-wav": ("real recorded English prompts, one female speaker (Allison), 8 kHz", "CC-BY-SA-3.0"),
-    "tuxpaint-stamps-default": ("real recordings: read descriptions in ~20 languages, digits, animal/household sounds", "GPL-2+ / CC-BY-SA / public domain (per stamp)"),
-    "qabcs-data": ("real recordings: animal, instrument, vehicle and object sounds", "GPL-3+ / CC (per file)"),
-    "hydrogen-drumkits": ("real multi-velocity drum hits from 14 kits", "GPL-2+ / CC (per kit)"),
-    "hedgewars-data": ("real recorded voice packs (game character voices)", "GPL-2 / FDL (per file)"),
+    "tuxpaint-stamps-default": ("real recordings: read descriptions in ~20 languages, digits, animal/household sounds", "GPL-2"),
+    "qabcs-data": ("real recordings: animal, instrument, vehicle and object sounds", "GPL-3+ / MIT / CC0-1.0 / public domain (per file)"),
+    "hydrogen-drumkits": ("real multi-velocity drum hits from 14 kits", "GPL-2+ / CC-BY-3.0 / CC-BY-SA-3.0 / CC0 (per kit)"),
+    "hedgewars-data": ("real recorded voice packs (game character voices)", "GPL-2 / GFDL-1.3 / MIT (per file)"),
 }
 
 BASE_PACKAGES = (
@@ -149,7 +149,10 @@ def phone_vocabulary() -> list[str]:
 
 def flite_phones(word: str) -> list[str]:
     """ARPAbet-with-stress pronunciation from flite's CMU lexicon + letter-to-sound rules (t2p):
-    the same front end that drives the flite voices."""
+    the same front end that drives the flite voices. Spoken alone, the article "a" is read as
+    the letter name; in running text it is reduced, as LibriSpeech's lexicon gives it first."""
+    if word.lower() == "a":
+        return ["AH0"]
     proc = subprocess.run(["t2p", word.lower()], capture_output=True, text=True)
     if proc.returncode != 0:
         raise ValueError(f"t2p failed for {word!r}: {proc.stderr.strip()}")
