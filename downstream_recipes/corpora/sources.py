@@ -13,6 +13,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +100,8 @@ class Voice:
     speed: int = 160
     gender: str = "M"
 
-    def speak(self, text: str):  # type: ignore[no-untyped-def]
+    def speak(self, text: str) -> "np.ndarray":
+        """16 kHz mono float32, leading/trailing silence trimmed."""
         from . import audio
 
         if self.engine == "flite":

@@ -59,9 +59,13 @@ def build(root: Path, size: Size, seed: int) -> None:
     test_root = root / "speech_commands_test_set_v0.01"
 
     jobs: list[tuple[Path, "sources.Voice | Path", str]] = []  # out path, source, word
-    n_valid = max(1, round(0.15 * len(train_voices)))
+    # as in the dataset: ~10% validation and ~10% testing speakers (testing_list.txt is what
+    # other loaders use; s3prl discards it and tests on the separate test root)
+    n_valid = max(1, round(0.1 * len(train_voices)))
+    n_testing = round(0.1 * len(train_voices)) if len(train_voices) >= 10 else 0
     for i, voice in enumerate(train_voices):
-        h = _speaker_hash(voice.name, seed, "validation" if i < n_valid else "training")
+        want = "validation" if i < n_valid else "testing" if i < n_valid + n_testing else "training"
+        h = _speaker_hash(voice.name, seed, want)
         for word in KEYWORDS + tuple(unknown):
             jobs.append((train_root / word / f"{h}_nohash_0.wav", voice, word))
     for voice in test_voices:
