@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 # Modules that add subcommands (each defines `register(subparsers)`).
-COMMAND_MODULES: list[str] = ["usad_upstream.bench", "usad_upstream.hear", "usad_upstream.distill.commands", "downstream_recipes.corpora.commands", "downstream_recipes.commands"]
+COMMAND_MODULES: list[str] = ["usad_upstream.bench", "usad_upstream.hear", "usad_upstream.distill.commands", "downstream_recipes.corpora.commands", "downstream_recipes.commands", "downstream_recipes.demo.commands"]
 
 
 class UsageError(ValueError):

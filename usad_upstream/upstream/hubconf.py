@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..checkpoint import HOW_TO_GET
 from .expert import UpstreamExpert, UsadUpstreamError
+from .teacher_expert import UpstreamBase, usad_teacher
 
 
 def usad(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None" = None, **kwargs: object) -> UpstreamExpert:
@@ -37,7 +38,9 @@ def usad_local(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str 
     return usad(ckpt, model_config, **kwargs)
 
 
-ENTRIES: dict[str, Callable[..., UpstreamExpert]] = {"usad": usad, "usad_local": usad_local}
+ENTRIES: dict[str, Callable[..., UpstreamBase]] = {"usad": usad, "usad_local": usad_local}
+# Any teacher spec file (one teacher, several concatenated, or fbank): `-u usad_teacher -k SPEC.yaml`.
+ENTRIES["usad_teacher"] = usad_teacher
 
 
 def register_s3prl_upstreams() -> list[str]:

@@ -1,0 +1,56 @@
+"""`usad demo run` (what `make demo` calls) and `usad demo teacher` (one of its stages)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import Demo
+
+    suffix = "-quick" if args.quick else ""
+    run_dir = Path(args.run_dir or f"runs/demo{suffix}")
+    results = Path(args.results or (run_dir / "leaderboard" if args.quick else "results/demo"))
+    paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs)()
+    print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _teacher(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    import torch
+
+    from .teachers import TeacherBudget, train_audio_teacher, train_speech_teacher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    budget = TeacherBudget(steps=args.steps, batch=args.batch, lr=args.lr)
+    train = train_speech_teacher if args.kind == "speech" else train_audio_teacher
+    report = train(Path(args.corpora), Path(args.output), budget, seed=args.seed, progress=lambda m: print(m, flush=True))
+    Path(str(args.output) + ".json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.output} ({report['format']}); trained on {report['tasks']}")
+    return 0
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    demo = sub.add_parser("demo", help="USAD in miniature: corpora, two teachers, a distilled student, SUPERB+HEAR leaderboard")
+    inner = demo.add_subparsers(dest="demo_command", required=True, metavar="ACTION")
+    p = inner.add_parser("run", help="run (or resume) the whole demo; finished stages are skipped")
+    p.add_argument("--quick", action="store_true", help="the <= 10 min version (fewer steps, fewer HEAR tasks)")
+    p.add_argument("--force", action="store_true", help="delete the run directory first and rebuild everything")
+    p.add_argument("--run-dir", help="work directory (default: runs/demo, or runs/demo-quick)")
+    p.add_argument("--results", help="leaderboard directory (default: results/demo; with --quick, RUN_DIR/leaderboard)")
+    p.add_argument("--jobs", type=int, default=2, help="evaluations run side by side, one CPU thread each (default 2)")
+    p.set_defaults(func=_run)
+    p = inner.add_parser("teacher", help="train one small domain teacher on training splits (a demo stage)")
+    p.add_argument("kind", choices=["speech", "audio"])
+    p.add_argument("--corpora", required=True, help="folder written by `usad corpora build`")
+    p.add_argument("-o", "--output", required=True, help="checkpoint path (.pt for speech, .ckpt for audio)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch", type=int, required=True, help="clips per step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=_teacher)

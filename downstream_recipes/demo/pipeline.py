@@ -1,0 +1,292 @@
+"""`make demo` / `usad demo`: USAD in miniature, end to end, through the project's real code paths.
+
+Stages (each a command run as a subprocess, its output in <run>/logs/<stage>.log, its success
+recorded atomically in <run>/done/<stage>.json; a rerun skips finished stages, FORCE rebuilds):
+
+  corpora         usad corpora build --size mini (+ the distillation pool at size small)
+  speech_teacher  a small WavLM trained on speech TRAINING splits        -> WavLM {cfg, model} .pt
+  audio_teacher   a small ATST-Frame trained on audio TRAINING splits    -> Lightning .ckpt
+  distill         usad distill: a tiny USAD student from both teachers on the unlabeled pool
+  export          usad export -> student.safetensors
+  superb-*/hear-* every model x task through usad superb run / usad hear run (s3prl, heareval)
+  leaderboard     usad leaderboard -> results/demo/leaderboard.{md,html,csv,png} + targets
+
+Models: fbank (baseline), the speech teacher, the audio teacher, both teachers concatenated
+(the paper's "WavLM+ATST" baseline) and the student. Teachers and fbank are read by the generic
+teacher adapters (s3prl `usad_teacher`, HEAR `hear_api.teacher`) from small spec files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from usad_upstream.checkpoint import atomic_write
+
+from .targets import targets_report
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names it and its log file."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything that makes QUICK quick. No number here was chosen by looking at test scores."""
+
+    corpora_size: str
+    pool_size: str  # size of the distillation pool ("mini" reuses the corpora's own)
+    speech_teacher: tuple[int, int]  # (steps, clips per step)
+    audio_teacher: tuple[int, int]
+    distill_steps: int
+    distill_batch_seconds: float
+    superb_steps: dict[str, int]
+    superb_lr: float
+    hear_tasks: tuple[str, ...]
+    hear_grid: str
+
+
+FULL = Budget(
+    corpora_size="mini", pool_size="small", speech_teacher=(300, 8), audio_teacher=(300, 16),
+    distill_steps=600, distill_batch_seconds=48.0,
+    superb_steps={"PR": 400, "KS": 300, "SID": 300, "IC": 300}, superb_lr=1e-3,
+    hear_tasks=("keywords", "pitch", "instrument_family", "drums", "event_detection"), hear_grid="faster",
+)
+QUICK = Budget(
+    corpora_size="mini", pool_size="mini", speech_teacher=(30, 6), audio_teacher=(30, 8),
+    distill_steps=40, distill_batch_seconds=24.0,
+    superb_steps={"PR": 30, "KS": 30, "SID": 30, "IC": 30}, superb_lr=1e-3,
+    hear_tasks=("keywords", "pitch", "drums", "event_detection"), hear_grid="faster",
+)
+
+SUPERB_DATA = {"PR": "LibriSpeech", "KS": "speech_commands", "SID": "VoxCeleb1", "IC": "fluent_speech_commands"}
+MODELS = ("fbank", "speech_teacher", "audio_teacher", "teachers_concat", "usad_student")
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    outputs: list[Path] = field(default_factory=list)  # must exist after success
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Demo:
+    """The demo's run directory and its stages."""
+
+    def __init__(self, run_dir: Path, results_dir: Path, quick: bool = False, force: bool = False,
+                 jobs: int = 2, python: str = sys.executable, log: Callable[[str], None] = print) -> None:
+        self.run = Path(run_dir).resolve()
+        self.results = Path(results_dir).resolve()
+        self.quick, self.force, self.jobs, self.python, self.say = quick, force, max(1, jobs), python, log
+        self.budget = QUICK if quick else FULL
+        self.corpora = self.run / "corpora"
+        self.models = self.run / "models"
+        self.logs = self.run / "logs"
+        self.done = self.run / "done"
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def usad(self, *args: object) -> list[str]:
+        return [self.python, "-m", "usad_upstream.cli", *map(str, args)]
+
+    def marker(self, stage: str) -> Path:
+        return self.done / f"{stage}.json"
+
+    def is_done(self, stage: Stage) -> bool:
+        return self.marker(stage.name).is_file() and all(p.exists() for p in stage.outputs)
+
+    def start(self, stage: Stage) -> subprocess.Popen:
+        log = self.logs / f"{stage.name}.log"
+        self.marker(stage.name).unlink(missing_ok=True)
+        env = dict(os.environ, **stage.env, PYTHONUNBUFFERED="1")
+        handle = open(log, "w")
+        handle.write(f"$ {' '.join(stage.command)}\n")
+        handle.flush()
+        proc = subprocess.Popen(stage.command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=str(self.run))
+        proc._demo = (stage, log, handle, time.time())  # type: ignore[attr-defined]
+        return proc
+
+    def finish(self, proc: subprocess.Popen) -> "str | None":
+        """Record a finished process; returns an error message or None."""
+        stage, log, handle, began = proc._demo  # type: ignore[attr-defined]
+        handle.close()
+        seconds = round(time.time() - began, 1)
+        self.timings[stage.name] = seconds
+        missing = [str(p) for p in stage.outputs if not p.exists()]
+        if proc.returncode != 0 or missing:
+            why = f"exit status {proc.returncode}" if proc.returncode != 0 else f"missing output {missing}"
+            return f"demo stage '{stage.name}' failed ({why}); see {log}"
+        atomic_write(self.marker(stage.name), lambda tmp: Path(tmp).write_text(json.dumps({"seconds": seconds, "finished": time.time()})))
+        self.say(f"[demo] {stage.name}: done in {seconds:.0f} s")
+        return None
+
+    def run_serial(self, stage: Stage) -> None:
+        if self.is_done(stage):
+            self.say(f"[demo] {stage.name}: already done, skipping")
+            self.timings[stage.name] = 0.0
+            return
+        self.say(f"[demo] {stage.name}: running (log: {self.logs / (stage.name + '.log')})")
+        proc = self.start(stage)
+        proc.wait()
+        error = self.finish(proc)
+        if error:
+            raise StageError(error)
+
+    def run_parallel(self, stages: list[Stage]) -> list[str]:
+        """Run independent stages, `jobs` at a time, one CPU thread each; returns the errors."""
+        pending = [s for s in stages if not self.is_done(s)]
+        for s in stages:
+            if s not in pending:
+                self.timings[s.name] = 0.0
+        if len(pending) < len(stages):
+            self.say(f"[demo] {len(stages) - len(pending)} evaluation stage(s) already done, skipping")
+        errors, running = [], []
+        threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if self.jobs > 1 else {}
+        while pending or running:
+            while pending and len(running) < self.jobs:
+                stage = pending.pop(0)
+                stage.env.update(threads)
+                self.say(f"[demo] {stage.name}: running (log: {self.logs / (stage.name + '.log')})")
+                running.append(self.start(stage))
+            time.sleep(1.0)
+            for proc in [p for p in running if p.poll() is not None]:
+                running.remove(proc)
+                error = self.finish(proc)
+                if error:
+                    self.say(f"[demo] {error}")
+                    errors.append(error)
+        return errors
+
+    # ------------------------------------------------------------------ stages
+    def write_specs(self) -> dict[str, Path]:
+        """Teacher spec files read by the `usad_teacher` s3prl upstream and `hear_api.teacher`."""
+        speech = {"kind": "wavlm", "path": str(self.models / "speech_teacher.pt")}
+        audio = {"kind": "atst_frame", "path": str(self.models / "audio_teacher.ckpt")}
+        specs = {
+            "fbank": {"teachers": [{"kind": "s3prl", "name": "fbank"}]},
+            "speech_teacher": {"teachers": [speech]},
+            "audio_teacher": {"teachers": [audio]},
+            "teachers_concat": {"teachers": [speech, audio], "frame_rate": 50},
+        }
+        paths = {}
+        for name, spec in specs.items():
+            path = self.models / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(spec, sort_keys=False))
+            paths[name] = path
+        return paths
+
+    def distill_config(self) -> Path:
+        pool = self.corpora / "pool" / "manifest.tsv"
+        if self.budget.pool_size != "mini":
+            pool = self.run / f"pool_{self.budget.pool_size}" / "pool" / "manifest.tsv"
+        config = {
+            "run_dir": str(self.models / "distill"),
+            "model": {"size": "tiny"},
+            "teachers": {
+                "speech": {"kind": "wavlm", "path": str(self.models / "speech_teacher.pt"), "target": "ffn", "weight": 1.0},
+                "audio": {"kind": "atst_frame", "path": str(self.models / "audio_teacher.ckpt"), "target": "ffn", "weight": 1.0},
+            },
+            "objective": {"num_layers": 4, "head_hidden": None},
+            "data": {"manifests": [str(pool)], "domain_weights": {"speech": 1.0, "sound": 1.0, "music": 1.0},
+                     "max_seconds": 4.0, "min_seconds": 1.0, "crop": "random", "num_workers": 0},
+            "train": {"lr": 1.0e-3, "warmup_steps": max(1, self.budget.distill_steps // 10),
+                      "max_steps": self.budget.distill_steps, "batch_seconds": self.budget.distill_batch_seconds,
+                      "device": "cpu", "precision": "fp32", "log_every": max(1, self.budget.distill_steps // 20),
+                      "ckpt_every": max(1, self.budget.distill_steps // 4), "keep_last": 1, "seed": 0},
+        }
+        path = self.models / "distill.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def build_stages(self) -> list[Stage]:
+        b = self.budget
+        stages = [Stage("corpora", self.usad("corpora", "build", "--out", self.corpora, "--size", b.corpora_size),
+                        [self.corpora / "pool" / "manifest.tsv", self.corpora / "hear" / "tasks"])]
+        if b.pool_size != "mini":
+            out = self.run / f"pool_{b.pool_size}"
+            stages.append(Stage("pool", self.usad("corpora", "build", "--out", out, "--size", b.pool_size, "--stage", "pool"),
+                                [out / "pool" / "manifest.tsv"]))
+        for kind, (steps, batch) in (("speech", b.speech_teacher), ("audio", b.audio_teacher)):
+            out = self.models / ("speech_teacher.pt" if kind == "speech" else "audio_teacher.ckpt")
+            stages.append(Stage(f"{kind}_teacher", self.usad("demo", "teacher", kind, "--corpora", self.corpora, "-o", out,
+                                                              "--steps", steps, "--batch", batch), [out]))
+        stages.append(Stage("distill", self.usad("distill", "--config", self.distill_config()),
+                            [self.models / "distill" / "checkpoints"]))
+        student = self.models / "usad_student.safetensors"
+        stages.append(Stage("export", self.usad("export", self.models / "distill", "-o", student), [student]))
+        return stages
+
+    def eval_stages(self) -> list[Stage]:
+        b = self.budget
+        specs = self.write_specs()
+        student = self.models / "usad_student.safetensors"
+        runs = self.run / "eval"
+        stages = []
+        for task, folder in SUPERB_DATA.items():
+            for model in MODELS:
+                if model == "fbank":
+                    upstream: list[object] = ["--upstream", "fbank"]
+                elif model == "usad_student":
+                    upstream = ["--upstream", "usad", "-k", student]
+                else:
+                    upstream = ["--upstream", "usad_teacher", "-k", specs[model]]
+                cmd = self.usad("superb", "run", "--task", task, *upstream, "--data", self.corpora / folder,
+                                "--name", model, "--runs-dir", runs, "--steps", b.superb_steps[task], "--workers", 0,
+                                "--device", "cpu", "--override", f"config.optimizer.lr={b.superb_lr}")
+                stages.append(Stage(f"superb-{task}-{model}", cmd))
+        for model in MODELS:
+            if model == "usad_student":
+                module: list[object] = ["--module", "hear_api", "--model", student]
+            else:
+                module = ["--module", "hear_api.teacher", "--model", specs[model]]
+            tasks = [a for t in b.hear_tasks for a in ("--task", t)]
+            cmd = self.usad("hear", "run", *module, "--tasks-dir", self.corpora / "hear" / "tasks", *tasks,
+                            "--grid", b.hear_grid, "--runs-dir", runs, "--name", model)
+            stages.append(Stage(f"hear-{model}", cmd))
+        return stages
+
+    def leaderboard(self) -> dict[str, Path]:
+        stage = Stage("leaderboard", self.usad("leaderboard", self.run / "eval", "-o", self.results, "--published", "none",
+                                               "--title", "USAD demo (measured here, miniature)"))
+        log = self.logs / "leaderboard.log"
+        self.say(f"[demo] leaderboard: running (log: {log})")
+        proc = self.start(stage)
+        proc.wait()
+        error = self.finish(proc)
+        if error:
+            raise StageError(error)
+        return targets_report(self.run / "eval", self.results, self.budget_summary())
+
+    def budget_summary(self) -> dict:
+        b = self.budget
+        return {"mode": "QUICK" if self.quick else "full", "corpora": b.corpora_size, "pool": b.pool_size,
+                "speech teacher steps x clips": list(b.speech_teacher), "audio teacher steps x clips": list(b.audio_teacher),
+                "distill steps": b.distill_steps, "distill batch seconds": b.distill_batch_seconds,
+                "SUPERB steps": b.superb_steps, "SUPERB lr": b.superb_lr, "HEAR grid": b.hear_grid,
+                "stage seconds": self.timings}
+
+    def __call__(self) -> dict[str, Path]:
+        if self.force and self.run.exists():
+            shutil.rmtree(self.run)
+        for d in (self.corpora, self.models, self.logs, self.done):
+            d.mkdir(parents=True, exist_ok=True)
+        began = time.time()
+        for stage in self.build_stages():
+            self.run_serial(stage)
+        errors = self.run_parallel(self.eval_stages())
+        paths = self.leaderboard()
+        self.timings["total"] = round(time.time() - began, 1)
+        (self.run / "timings.json").write_text(json.dumps(self.timings, indent=2))
+        self.say(f"[demo] finished in {self.timings['total'] / 60:.1f} min; leaderboard: {paths['md']}")
+        if errors:
+            raise StageError(f"{len(errors)} evaluation stage(s) failed (gaps in the leaderboard): " + "; ".join(errors))
+        return paths
