@@ -19,9 +19,15 @@ def _distill(args: argparse.Namespace) -> int:
     history = train(config)
     if int(os.environ.get("RANK", "0")) == 0 and history:
         last = history[-1]
+        # throughput without the first log interval, which includes start-up (first batches, warm-up)
+        timed = history[1:] or history
+        first = int(history[0]["step"]) + 1 if len(history) > 1 else 1
+        seconds = sum(r["audio_seconds"] for r in timed)
+        wall = sum(r["audio_seconds"] / r["audio_sec_per_sec"] for r in timed)
         print(
-            f"step {int(last['step'])}: loss {last['loss']:.4f}, {last['audio_sec_per_sec']:.1f} s of audio/s; "
-            f"run dir {config['run_dir']} (export with `usad export {config['run_dir']} -o student.safetensors`)"
+            f"step {int(last['step'])}: loss {last['loss']:.4f}; {seconds / wall:.2f} s of audio/s over steps "
+            f"{first}-{int(last['step'])}; run dir {config['run_dir']} "
+            f"(export: usad export {config['run_dir']} -o student.safetensors)"
         )
     return 0
 

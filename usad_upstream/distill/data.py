@@ -129,8 +129,16 @@ class Manifest:
 
     @classmethod
     def concat(cls, parts: Sequence["Manifest"]) -> "Manifest":
-        return cls([e.path for m in parts for e in m], np.concatenate([m.num_samples for m in parts]),
-                   np.concatenate([m.sample_rate for m in parts]), np.concatenate([m.domain for m in parts]))
+        """One manifest from several (arrays joined; no per-file Python objects)."""
+        out = cls([], [], [], [])
+        if not parts:
+            return out
+        shifts = np.cumsum([0] + [m.blob.shape[0] for m in parts[:-1]])
+        out.offsets = np.concatenate([np.zeros(1, dtype=np.int64)] + [m.offsets[1:] + s for m, s in zip(parts, shifts)])
+        out.blob = np.concatenate([m.blob for m in parts])
+        for name in ("num_samples", "sample_rate", "domain"):
+            setattr(out, name, np.concatenate([getattr(m, name) for m in parts]))
+        return out
 
     def __len__(self) -> int:
         return int(self.num_samples.shape[0])

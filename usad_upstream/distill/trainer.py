@@ -200,6 +200,9 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     run_dir = Path(config["run_dir"])
     data_cfg = DataConfig.from_dict(config["data"])
     k = config["objective"]["num_layers"]
+    entries = Manifest.concat([read_manifest(m) for m in data_cfg.manifests])
+    if not len(entries):
+        raise ValueError("data.manifests lists no audio: set data.manifests=[manifest.tsv] (see `usad manifest build`)")
 
     # --- resume? the run dir's config must match what is asked for now
     ckpt_path = latest_checkpoint(run_dir)
@@ -248,9 +251,6 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc["warmup_steps"], tc["max_steps"]))
 
-    entries = Manifest.concat([read_manifest(m) for m in data_cfg.manifests])
-    if not len(entries):
-        raise ValueError("data.manifests lists no audio: set data.manifests=[manifest.tsv] (see `usad manifest build`)")
     data = DistillData(entries, data_cfg, tc["batch_seconds"], tc["seed"], world, rank, tc["grad_accum"], cache)
 
     step, skipped = 0, Counter()
