@@ -102,19 +102,20 @@ def distilled_teacher_layers(num_layers: int, k: int) -> list[int]:
     return [tl for _, tl in layer_mapping(num_layers, num_layers, k)]
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's RNG states (only its own GPU: touching the others would open CUDA contexts there)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def latest_checkpoint(run_dir: Path) -> "Path | None":
@@ -207,10 +208,17 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     # --- resume? the run dir's config must match what is asked for now
     ckpt_path = latest_checkpoint(run_dir)
     saved_cfg = run_dir / "config.yaml"
-    if ckpt_path is not None and saved_cfg.is_file():
-        conflicts = resume_conflicts(yaml.safe_load(saved_cfg.read_text()), config)
+    state: "dict[str, Any] | None" = None
+    if ckpt_path is not None:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        conflicts = resume_conflicts(yaml.safe_load(saved_cfg.read_text()) if saved_cfg.is_file() else state["config"], config)
         if conflicts:
             raise ValueError(f"{run_dir} holds a run with a different config ({', '.join(conflicts)}); use a new run_dir")
+        if state["micro_batches_per_step"] != world * tc["grad_accum"]:
+            raise ValueError(
+                f"{ckpt_path} was trained with world_size x grad_accum = {state['micro_batches_per_step']} micro-batches "
+                f"per step, this run has {world} x {tc['grad_accum']}: set train.grad_accum so the product matches"
+            )
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         saved_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -254,24 +262,19 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     data = DistillData(entries, data_cfg, tc["batch_seconds"], tc["seed"], world, rank, tc["grad_accum"], cache)
 
     step, skipped = 0, Counter()
-    if ckpt_path is not None:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if state is not None and ckpt_path is not None:
         distiller.student.load_state_dict(state["student"])
         distiller.objective.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        if state["micro_batches_per_step"] != data.group:
-            raise ValueError(
-                f"{ckpt_path} was trained with world_size x grad_accum = {state['micro_batches_per_step']} micro-batches "
-                f"per step, this run has {world} x {tc['grad_accum']}: set train.grad_accum so the product matches"
-            )
         data.load_state_dict(state["sampler"])
         step, skipped = state["step"], Counter(state["skipped"])
         if len(state["rng"]) == world:
-            set_rng_state(state["rng"][rank])
+            set_rng_state(state["rng"][rank], device)
         else:
             log.warning("resuming %d processes from a %d-process run: RNG streams are reseeded", world, len(state["rng"]))
             torch.manual_seed(tc["seed"] * 1000 + rank + step)
+        state = None  # free the loaded copy (optimizer moments can be GBs)
         if rank == 0:
             print(f"resumed {run_dir} at step {step} from {ckpt_path.name}")
     else:
@@ -357,9 +360,9 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
         if step % tc["ckpt_every"] == 0 or step == stop:
             rngs: list[Any] = [None] * world
             if world > 1:
-                dist.all_gather_object(rngs, rng_state())
+                dist.all_gather_object(rngs, rng_state(device))
             else:
-                rngs = [rng_state()]
+                rngs = [rng_state(device)]
             if rank == 0:
                 save_run_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}.pt", {
                     "step": step,
