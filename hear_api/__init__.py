@@ -18,15 +18,10 @@ import torch
 from torch import nn
 
 from usad_upstream.checkpoint import HOW_TO_GET, load_model as load_usad
-from usad_upstream.compat import import_torchaudio
 from usad_upstream.frontend import MIN_SAMPLES, SAMPLE_RATE, batch_fbank, check_waveforms
 from usad_upstream.model import DOWNSAMPLE_RATE, ConvSubsampling, UsadModel
 
 __all__ = ["load_model", "get_timestamp_embeddings", "get_scene_embeddings", "UsadHearModel", "frame_timestamps_ms"]
-
-# Import torchaudio now, not first inside torch.inference_mode: its module-level constants (e.g.
-# kaldi's EPSILON) would become inference tensors and break any later fbank under autograd.
-import_torchaudio()
 
 POOLINGS = ("mean", "concat")
 OPTIONS = ("layers", "pooling", "max_fbank_frames")

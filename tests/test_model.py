@@ -147,3 +147,21 @@ def test_blocked_relative_bias_equals_the_full_shifted_product():
             [p[:, :, t - 1 - i : 2 * t - 1 - i] for i in range(t)], dim=2))
         assert torch.allclose(full, brute, atol=1e-5)
         assert torch.allclose(relative_position_bias(q, p, block=64), full, atol=1e-5)
+
+
+def test_torchaudio_first_imported_in_inference_mode_keeps_fbank_differentiable():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from usad_upstream.compat import import_torchaudio\n"
+        "with torch.inference_mode():\n"
+        "    import_torchaudio()\n"
+        "from usad_upstream.frontend import fbank\n"
+        "w = torch.randn(16000, requires_grad=True)\n"
+        "fbank(w).sum().backward()\n"
+        "assert w.grad is not None\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -36,22 +36,28 @@ def _hide_native_libs(lib_dir: pathlib.Path) -> Iterator[None]:
 def import_torchaudio() -> ModuleType:
     """Import torchaudio; if its native extension cannot load beside this torch (PyPI's CUDA
     builds next to a CPU torch), import it without the extension. fbank, MelSpectrogram,
-    resample and lfilter are pure Python and keep working."""
+    resample and lfilter are pure Python and keep working.
+
+    The import runs outside inference mode even when called inside it: torchaudio's module-level
+    tensor constants (kaldi's EPSILON) would otherwise become inference tensors and break every
+    later fbank under autograd in the process.
+    """
     if "torchaudio" in sys.modules:
         return sys.modules["torchaudio"]
-    try:
-        import torchaudio
+    with torch.inference_mode(False):
+        try:
+            import torchaudio
 
+            return torchaudio
+        except OSError:
+            for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
+                del sys.modules[name]
+        spec = importlib.util.find_spec("torchaudio")
+        assert spec is not None and spec.submodule_search_locations
+        lib_dir = pathlib.Path(list(spec.submodule_search_locations)[0]) / "lib"
+        with _hide_native_libs(lib_dir):
+            import torchaudio
         return torchaudio
-    except OSError:
-        for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
-            del sys.modules[name]
-    spec = importlib.util.find_spec("torchaudio")
-    assert spec is not None and spec.submodule_search_locations
-    lib_dir = pathlib.Path(list(spec.submodule_search_locations)[0]) / "lib"
-    with _hide_native_libs(lib_dir):
-        import torchaudio
-    return torchaudio
 
 
 # --- heareval / hear-validator -------------------------------------------------------------------
