@@ -37,6 +37,8 @@ def test_fbank_matches_direct_torchaudio_call():
         window_type="hanning", num_mel_bins=128, dither=0.0, frame_length=25, frame_shift=10,
     )
     assert torch.allclose(fbank(wav), (direct + 4.268) / (2 * 4.569))
+    segmented = fbank(wav, segment_frames=7)  # long audio is done in segments, same frames
+    assert segmented.shape == direct.shape and torch.allclose(segmented, fbank(wav), atol=1e-5)
 
 
 def test_output_structure_and_frame_rate():

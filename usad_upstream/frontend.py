@@ -58,20 +58,34 @@ def num_fbank_frames(num_samples: torch.Tensor) -> torch.Tensor:
     return 1 + torch.div(num_samples - MIN_SAMPLES, FBANK_SHIFT, rounding_mode="floor")
 
 
-def fbank(wav: torch.Tensor) -> torch.Tensor:
-    """Normalised 128-bin Kaldi fbank of one mono 16 kHz waveform [N] -> [frames, 128]."""
+def fbank(wav: torch.Tensor, segment_frames: int = 6000) -> torch.Tensor:
+    """Normalised 128-bin Kaldi fbank of one mono 16 kHz waveform [N] -> [frames, 128].
+
+    Frames are independent once the utterance mean is removed (snip_edges, no dither), so long
+    audio is processed in segments of `segment_frames` with identical output and bounded memory
+    (20 minutes at once would need about 1 GB of FFT buffers).
+    """
     kaldi = import_torchaudio().compliance.kaldi
-    feats = kaldi.fbank(
-        (wav - wav.mean()).unsqueeze(0),
-        htk_compat=True,
-        sample_frequency=SAMPLE_RATE,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=128,
-        dither=0.0,
-        frame_length=25.0,
-        frame_shift=10.0,
-    )
+    wav = wav - wav.mean()
+    total = int(num_fbank_frames(torch.tensor(wav.shape[0])))
+    parts = []
+    for start in range(0, total, segment_frames):
+        stop = min(start + segment_frames, total)
+        piece = wav[start * FBANK_SHIFT : (stop - 1) * FBANK_SHIFT + MIN_SAMPLES]
+        parts.append(
+            kaldi.fbank(
+                piece.unsqueeze(0),
+                htk_compat=True,
+                sample_frequency=SAMPLE_RATE,
+                use_energy=False,
+                window_type="hanning",
+                num_mel_bins=128,
+                dither=0.0,
+                frame_length=25.0,
+                frame_shift=10.0,
+            )
+        )
+    feats = parts[0] if len(parts) == 1 else torch.cat(parts)
     return (feats - FBANK_MEAN) / (2 * FBANK_STD)
 
 
