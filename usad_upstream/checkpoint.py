@@ -94,8 +94,9 @@ def load_model(path: "str | os.PathLike[str]", map_location: "str | torch.device
             f"{path}: not a USAD student checkpoint (metadata 'format' is {metadata.get('format')!r}, "
             f"expected {FORMAT!r}, and the keys are not the released `model.`-prefixed layout); {HOW_TO_GET}"
         )
-    model = build_model(config)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    with torch.device("meta"):  # no random init and no second copy of the weights
+        model = build_model(config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match the config {config.name!r}: missing {sorted(missing)[:5]}, "
