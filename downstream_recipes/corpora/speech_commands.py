@@ -21,7 +21,9 @@ from . import audio, sources
 from .common import Size, audio_stats, fmt_hours, pmap, table, write_datasheet
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-UNKNOWN_WORDS = sources.DIGIT_WORDS + ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow")
+# Speech Commands' auxiliary words, digits interleaved with the others so that any prefix mixes both
+_OTHER_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow")
+UNKNOWN_WORDS = tuple(w for pair in zip(sources.DIGIT_WORDS, _OTHER_WORDS) for w in pair)
 MAX_PER_CLASS = 2**27 - 1  # from the Speech Commands README's which_set()
 
 
