@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from downstream_recipes.demo.pipeline import MODELS, QUICK, SUPERB_DATA
+from downstream_recipes.demo.pipeline import MODELS, QUICK
 
 pytestmark = pytest.mark.demo
 
@@ -32,14 +32,14 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     tidy = pd.read_csv(results / "leaderboard.csv")
     test_rows = tidy[tidy["split"] == "test"]
     cells = {(m, b, t) for m, b, t in test_rows[["model", "benchmark", "task"]].itertuples(index=False)}
-    expected = {(m, "SUPERB", t) for m in MODELS for t in SUPERB_DATA} | {(m, "HEAR", t) for m in MODELS for t in QUICK.hear_tasks}
+    expected = {(m, "SUPERB", t) for m in MODELS for t in QUICK.superb_steps} | {(m, "HEAR", t) for m in MODELS for t in QUICK.hear_tasks}
     assert expected <= cells, sorted(expected - cells)
     gaps = test_rows[test_rows["score"].isna()]
     assert gaps["status"].fillna("").str.len().gt(0).all(), gaps
 
     report = json.loads((results / "targets.json").read_text())
     assert len(report["targets"]) == 3 and all(v in (True, False, None) for v in report["targets"].values())
-    assert {r["task"] for r in report["tasks"]} == set(SUPERB_DATA) | set(QUICK.hear_tasks)
+    assert {r["task"] for r in report["tasks"]} == set(QUICK.superb_steps) | set(QUICK.hear_tasks)
     md = (results / "leaderboard.md").read_text()
     assert "## Targets" in md and "usad_student" in md
     for teacher, fmt in (("speech_teacher.pt", b"PK"), ("audio_teacher.ckpt", b"PK")):

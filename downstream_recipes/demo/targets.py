@@ -55,10 +55,10 @@ def evaluate_targets(table: pd.DataFrame) -> dict:
             ok, ratio = None, math.nan
         elif lower:
             ratio = s / t if t > 0 else (1.0 if s == 0 else math.inf)
-            ok = ratio <= 1.1
+            ok = bool(ratio <= 1.1)
         else:
             ratio = s / t if t > 0 else (1.0 if s >= t else 0.0)
-            ok = ratio >= 0.9
+            ok = bool(ratio >= 0.9)
         checks[domain].append(ok)
         rows.append({"benchmark": benchmark, "task": task, "domain": domain, "teacher": teacher,
                      "teacher_score": t, "student_score": s, "ratio": ratio,
