@@ -63,6 +63,7 @@ class Board:
     """One benchmark's wide table: rows are models, columns tasks + benchmark score."""
 
     benchmark: str
+    title: str
     table: pd.DataFrame  # display strings
     numbers: pd.DataFrame  # floats (NaN for gaps), same shape over the task columns
     tasks: list[str]
@@ -75,9 +76,14 @@ def _fmt(x: float, task: str) -> str:
     return f"{x:.4f}" if task == "QbE" else f"{x:.2f}"
 
 
-def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame) -> "Board | None":
+def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame, official: bool = True) -> "Board | None":
+    """The wide table of one benchmark. HEAR tasks outside the official 19 (local corpora) go to
+    their own board (official=False), which has no published rows to compare with."""
     m = latest_measured(measured[(measured["benchmark"] == benchmark) & (measured["split"] == "test")])
     p = published[(published["benchmark"] == benchmark) & (published["split"] == "test")]
+    if benchmark == HEAR:
+        m = m[m["task"].isin(HEAR_OFFICIAL) == official]
+        p = p if official else p.iloc[0:0]
     if benchmark == SUPERB:  # only the primary metric ranks a SUPERB task
         p = p[[SUPERB_TASKS[t].metric == metric for t, metric in zip(p["task"], p["metric"])]]
     if m.empty and p.empty:
@@ -136,7 +142,8 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame)
     else:
         notes.append("HEAR average = mean primary score (x100) over the tasks each row has; the paper averages 19 tasks.")
     attempted = [t for t in tasks if t in set(m["task"])]
-    return Board(benchmark, pd.DataFrame(rows), pd.DataFrame(nums), tasks, attempted, notes)
+    title = benchmark if official else f"{benchmark}: other tasks (measured here only)"
+    return Board(benchmark, title, pd.DataFrame(rows), pd.DataFrame(nums), tasks, attempted, notes)
 
 
 def runs_table(measured: pd.DataFrame) -> pd.DataFrame:
@@ -186,12 +193,14 @@ def chart_png(boards: list[Board]) -> bytes:
             ax.bar(xs, [0 if pd.isna(v) else v for v in values], width,
                    label=f"{rec['Model']} ({MEASURED if measured else PUBLISHED})",
                    hatch=None if measured else "//", alpha=1.0 if measured else 0.6)
-            for x, v in zip(xs, values):
-                if pd.isna(v):
-                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+            cells = board.table.iloc[int(nums.index[i])]
+            for x, t in zip(xs, tasks):
+                cell = str(cells[_task_header(board.benchmark, t)])
+                if cell.startswith("—"):  # started but no score: say why instead of drawing nothing
+                    ax.text(x, 0, cell.lstrip("— "), ha="center", va="bottom", fontsize=7, rotation=90)
         ax.set_xticks([j + (len(nums) - 1) * width / 2 for j in range(len(tasks))])
         ax.set_xticklabels([_task_header(board.benchmark, t) for t in tasks], rotation=20, ha="right", fontsize=8)
-        ax.set_title(f"{board.benchmark}: per-task scores")
+        ax.set_title(f"{board.title}: per-task scores")
         ax.set_ylabel("score (%)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -229,10 +238,13 @@ def render(measured: pd.DataFrame, published: pd.DataFrame, out_dir: "str | Path
     tidy = pd.concat([measured, published], ignore_index=True)
     paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html"}
     tidy.to_csv(paths["csv"], index=False)
-    boards = [b for b in (build_board(SUPERB, measured, published), build_board(HEAR, measured, published)) if b is not None]
+    boards = [b for b in (build_board(SUPERB, measured, published), build_board(HEAR, measured, published),
+                          build_board(HEAR, measured, published, official=False)) if b is not None]
     runs = runs_table(measured)
 
-    png = chart_png(boards) if boards else b""
+    # The chart compares what was measured; published-only boards are in the tables.
+    charted = [b for b in boards if b.attempted] or boards
+    png = chart_png(charted) if charted else b""
     if png:
         paths["png"] = out / "leaderboard.png"
         paths["png"].write_bytes(png)
@@ -240,7 +252,7 @@ def render(measured: pd.DataFrame, published: pd.DataFrame, out_dir: "str | Path
     md = [f"# {title}", "", f"Measured rows: {int((measured['split'] == 'test').sum()) if not measured.empty else 0} task runs; "
           "every row is labelled 'measured here' or 'published'.", ""]
     for b in boards:
-        md += [f"## {b.benchmark}", "", _md_table(b.table), ""] + [f"- {n}" for n in b.notes] + [""]
+        md += [f"## {b.title}", "", _md_table(b.table), ""] + [f"- {n}" for n in b.notes] + [""]
     md += ["## Measured runs", "", _md_table(runs) if not runs.empty else "No measured runs found.", ""]
     if png:
         md += ["![per-task scores](leaderboard.png)", ""]
@@ -249,7 +261,7 @@ def render(measured: pd.DataFrame, published: pd.DataFrame, out_dir: "str | Path
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
     for b in boards:
-        parts += [f"<h2>{b.benchmark}</h2>", _html_table(b.table)] + [f"<p class='note'>{html.escape(n)}</p>" for n in b.notes]
+        parts += [f"<h2>{html.escape(b.title)}</h2>", _html_table(b.table)] + [f"<p class='note'>{html.escape(n)}</p>" for n in b.notes]
     parts += ["<h2>Measured runs</h2>", _html_table(runs) if not runs.empty else "<p>No measured runs found.</p>"]
     if png:
         parts.append(f"<h2>Chart</h2><img alt='per-task scores' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")

@@ -142,7 +142,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("PR", "ctc", CONFIG_DIR / "pr.yaml", _pr, f"{DE}.corpus.num_workers", 30),
         Recipe("KS", "speech_commands", CONFIG_DIR / "ks.yaml", _ks, f"{DE}.datarc.num_workers", 40),
         Recipe("IC", "fluent_commands", CONFIG_DIR / "ic.yaml", _ic, f"{DE}.datarc.num_workers", 40),
-        Recipe("SID", "voxceleb1", CONFIG_DIR / "sid.yaml", _sid, f"{DE}.datarc.num_workers", 30),
+        Recipe("SID", "voxceleb1", CONFIG_DIR / "sid.yaml", _sid, f"{DE}.datarc.num_workers", 12),
         Recipe("ER", "emotion", CONFIG_DIR / "er.yaml", _er, f"{DE}.datarc.num_workers", 30),
         Recipe("ASR", "asr", CONFIG_DIR / "asr.yaml", _asr, f"{DE}.datarc.num_workers", 30, "test-clean",
                ("dev-clean-best.ckpt",)),
