@@ -19,6 +19,8 @@ import csv
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -163,6 +165,24 @@ class MetricsLog:
         self.tb.close()
 
 
+class StopRequest:
+    """SIGTERM (cluster pre-emption, `kill PID`) asks for a checkpoint after the current step, then a
+    clean exit; a later run resumes from it. SIGKILL cannot be caught: periodic checkpoints cover it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     """(rank, world_size, device, whether we created the process group) from torchrun's env vars."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -299,6 +319,7 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     steps_since_log, t_log, grad_norm = 0, time.perf_counter(), torch.zeros(())
     stop = min(tc["max_steps"], tc["stop_after"] or tc["max_steps"])
     batches = iter(data)
+    stop_request = StopRequest()
     distiller.train()
     while step < stop:
         group = next(batches)
@@ -356,8 +377,9 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
             sums.zero_()
             steps_since_log, t_log = 0, time.perf_counter()
 
-        # 4. checkpoints (RNG states come from every rank)
-        if step % tc["ckpt_every"] == 0 or step == stop:
+        # 4. checkpoints (RNG states come from every rank); a SIGTERM on any rank stops all of them
+        stopping = bool(all_sum(torch.tensor([float(stop_request.requested)], device=device), world).item() > 0)
+        if step % tc["ckpt_every"] == 0 or step == stop or stopping:
             rngs: list[Any] = [None] * world
             if world > 1:
                 dist.all_gather_object(rngs, rng_state(device))
@@ -378,6 +400,11 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
                     "config": config,
                     "final": step == tc["max_steps"],
                 }, tc["keep_last"])
+        if stopping:
+            if rank == 0:
+                print(f"stopped by SIGTERM after step {step}; checkpoint saved, run again to resume")
+            break
+    stop_request.restore()
     bar.close()
     if metrics is not None:
         metrics.close()
