@@ -139,7 +139,10 @@ class MetricsLog:
     (they came from steps a killed run did after its last checkpoint)."""
 
     def __init__(self, run_dir: Path, columns: list[str], resumed_step: int) -> None:
-        from tensorboardX import SummaryWriter
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ValueError("usad distill logs to TensorBoard through tensorboardX: pip install tensorboardX") from None
 
         self.path = run_dir / "metrics.csv"
         self.columns = columns
