@@ -5,7 +5,7 @@ stored as float16, one safetensors file per crop (`<dir>/<2 hex>/<sha1>.safetens
 "<teacher>/<layer>" of shape [frames, dim]), so building is resumable (existing files are kept)
 and parallel (ranks take every world_size-th crop). Crops must be fixed to be reusable, so the
 cache requires `data.crop=segments` (each file cut into consecutive max_seconds pieces).
-Size: frames x dim x 2 bytes per distilled layer, e.g. ~7 MB per 10 s of audio for WavLM Base+
+Size: frames x dim x 2 bytes per distilled layer, e.g. ~4.6 MB per 10 s of audio for WavLM Base+
 (50 Hz) + ATST-Frame (25 Hz) with 4 layers each.
 """
 from __future__ import annotations
