@@ -85,7 +85,8 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
         m = m[m["task"].isin(HEAR_OFFICIAL) == official]
         p = p if official else p.iloc[0:0]
     if benchmark == SUPERB:  # only the primary metric ranks a SUPERB task
-        p = p[[SUPERB_TASKS[t].metric == metric for t, metric in zip(p["task"], p["metric"])]]
+        primary = [SUPERB_TASKS[t].metric == metric for t, metric in zip(p["task"], p["metric"])]
+        p = p[pd.Series(primary, index=p.index, dtype=bool)]
     if m.empty and p.empty:
         return None
     tasks = _task_order(benchmark, set(m["task"]) | set(p["task"]))
@@ -235,7 +236,7 @@ def render(measured: pd.DataFrame, published: pd.DataFrame, out_dir: "str | Path
     """Write leaderboard.{csv,md,html,png} into out_dir; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tidy = pd.concat([measured, published], ignore_index=True)
+    tidy = pd.concat([f for f in (measured, published) if not f.empty] or [measured], ignore_index=True)
     paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html"}
     tidy.to_csv(paths["csv"], index=False)
     boards = [b for b in (build_board(SUPERB, measured, published), build_board(HEAR, measured, published),

@@ -234,3 +234,14 @@ def test_run_status_detects_a_killed_run() -> None:
     alive = {"stages": stages, "owner": {"host": socket.gethostname(), "pid": os.getpid()}}
     assert run_status(dead) == "interrupted" and run_status(alive) == "running"
     assert run_status(None) == "unknown"
+
+
+def test_leaderboard_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from usad_upstream.cli import main
+
+    write_classification_expdir(tmp_path / "runs" / "ks-fbank", dev=[(10, 0.3)], test=[(10, 0.25)])
+    assert main(["leaderboard", str(tmp_path / "runs"), "-o", str(tmp_path / "out"), "--published", "none"]) == 0
+    assert "2 measured rows (0 gaps)" in capsys.readouterr().out
+    assert "| fbank | measured here |" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert main(["leaderboard", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 2
+    assert "runs directory not found" in capsys.readouterr().err
