@@ -15,6 +15,10 @@ config files under configs/ are never edited.
 | SD   | diarization     | train/, dev/, test/ Kaldi-style data dirs (wav.scp, segments, utt2spk, ...)      |
 | SF   | ctc (snips)     | Audio SNIPS: train/valid/test audio + csv, slots.txt, character.txt               |
 | ASV  | sv_voxceleb1    | dev/wav, test/wav, dev_speaker_ids.txt, dev_meta_data.txt, voxceleb1_test_v2.txt |
+
+Short runs (`--steps N`, or `--quick` = Recipe.quick_steps: PR 30, KS 40, IC 40, SID 12, ER/ASR/SD/SF/
+ASV 30) change only the runner's step counts (total, eval, save, log) through `-o`; every
+SUPERB hyperparameter stays as in the config.
 """
 from __future__ import annotations
 
