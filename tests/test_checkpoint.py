@@ -18,6 +18,7 @@ def test_round_trip_rebuilds_the_model_from_the_file_alone(tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded(wav)["x"], model(wav)["x"])
     assert [p.name for p in path.parent.iterdir()] == ["student.safetensors"]  # no temp file left
+    assert path.stat().st_mode & 0o044 == 0o044  # readable by others, not mkstemp's 0600
 
 
 def test_missing_file_says_how_to_get_one(tmp_path):

@@ -39,6 +39,9 @@ def atomic_write(path: "str | os.PathLike[str]", write) -> None:  # type: ignore
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
