@@ -62,7 +62,7 @@ def test_expert_embedding_over_chunked_windows(tmp_path: Path) -> None:
 def test_downsample_rate_and_hub_names(expert: UpstreamExpert, tiny_checkpoint: Path) -> None:
     assert expert.get_downsample_rates("hidden_states") == 320
     assert expert.get_downsample_rates("last_hidden_state") == 320
-    assert register_s3prl_upstreams() == ["usad", "usad_local"]
+    assert {"usad", "usad_local"} <= set(register_s3prl_upstreams())
     import s3prl.hub as hub
 
     assert hub.usad is usad and hub.usad_local is usad_local and "usad" in hub.options()
