@@ -60,7 +60,7 @@ class Budget:
 
 
 FULL = Budget(
-    corpora_size="mini", pool_size="small", speech_teacher=(200, 8), audio_teacher=(600, 16),
+    corpora_size="mini", pool_size="small", speech_teacher=(240, 8), audio_teacher=(600, 16),
     distill_steps=400, distill_batch_seconds=32.0,
     superb_steps={"PR": 200, "KS": 150, "SID": 150, "IC": 150}, superb_lr=1e-3,
     hear_tasks=("keywords", "pitch", "instrument_family", "drums", "event_detection"), hear_grid="fast",

@@ -40,16 +40,18 @@ from usad_upstream.teachers.wavlm import _s3prl_wavlm
 log = logging.getLogger(__name__)
 SR = 16000
 
-# A WavLM shaped like Base+ (post-norm, gated relative position bias, conv feature extractor with
-# the same kernels and strides: 50 Hz) but narrow and shallow enough to train on two CPU cores.
+# A WavLM laid out like WavLM Large (pre-norm blocks, layer-normalised conv features: these train
+# from scratch in a few hundred steps, the post-norm Base layout did not move in 120), with the
+# gated relative position bias and the conv kernels/strides of every WavLM (50 Hz), but narrow
+# and shallow enough to train on two CPU cores.
 SMALL_WAVLM_CFG: dict = {
-    "extractor_mode": "layer_norm",  # batch-independent conv features (Base+ uses group norm)
+    "extractor_mode": "layer_norm",
     "encoder_layers": 4,
     "encoder_embed_dim": 192,
     "encoder_ffn_embed_dim": 768,
     "encoder_attention_heads": 4,
     "activation_fn": "gelu",
-    "layer_norm_first": False,
+    "layer_norm_first": True,
     "conv_feature_layers": "[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2",
     "conv_bias": False,
     "feature_grad_mult": 1.0,
