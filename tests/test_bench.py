@@ -17,10 +17,28 @@ def test_ratios_are_relative_to_the_teachers_within_one_run():
 
 def test_tiny_run_writes_json_and_markdown(tmp_path):
     record = run_bench(models=["usad_tiny"], batches=[2], clip_seconds=1.0, lengths=[0.5, 2.0],
-                       sweep_models=["usad_tiny"], repeats=1, threads=1, workdir=tmp_path / "w")
+                       sweep_models=["usad_tiny"], distill_sizes=[], repeats=1, threads=1, workdir=tmp_path / "w")
     (row,) = record["throughput"]
     assert row["model"] == "usad_tiny" and row["audio_s_per_s"] > 0 and row["params"] == 2_567_744
     assert [s["input_s"] for s in record["length_sweep"]] == [0.5, 2.0]
     json_path, md_path = write_record(record, tmp_path / "bench")
     assert json.loads(json_path.read_text())["device"] == record["device"]
     assert "| usad_tiny | 2.6 | 2 x 1 s |" in md_path.read_text() == markdown_table(record)
+
+
+def test_distillation_step_trains_the_student_with_both_teacher_formats(tmp_path):
+    import torch
+
+    from usad_upstream.bench import _inputs, distill_step
+    from usad_upstream.teachers import build_teacher
+    from usad_upstream.teachers.fixtures import write_atst_checkpoint, write_wavlm_checkpoint
+
+    write_wavlm_checkpoint(tmp_path / "w.pt", encoder_layers=4, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
+                           encoder_attention_heads=4, conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2")
+    write_atst_checkpoint(tmp_path / "a.ckpt", dim=64, depth=4)
+    teachers = {"wavlm": build_teacher({"kind": "wavlm", "path": str(tmp_path / "w.pt")}),
+                "atst": build_teacher({"kind": "atst_frame", "path": str(tmp_path / "a.ckpt")})}
+    step = distill_step("tiny", teachers, torch.device("cpu"))
+    wavs, lens = _inputs(2, 1.5, torch.device("cpu"))
+    first, second = step(wavs, lens), step(wavs, lens)  # both teachers, loss, backward, AdamW
+    assert 0 < second < first  # the update lowered the loss on the same batch

@@ -198,6 +198,46 @@ def time_call(run: Runner, wavs: torch.Tensor, lens: torch.Tensor, repeats: int,
     return best
 
 
+def distill_step(size: str, teachers: dict, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """One training step of the real trainer pieces: both teachers (inference mode), the student
+    and heads forward + backward (bf16 autocast on GPU), AdamW update."""
+    from .distill.objective import DistillObjective, TeacherSpec
+    from .distill.trainer import Distiller, student_frames
+    from .model import build_model
+
+    student = build_model(size).to(device)
+    specs = [TeacherSpec(n, t.num_layers, t.dim, float(t.frame_rate)) for n, t in teachers.items()]
+    objective = DistillObjective(student.config.dim, student.config.layers, specs).to(device)
+    model = Distiller(student, objective, torch.bfloat16 if device.type == "cuda" else None).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+
+    def step(wavs: torch.Tensor, lens: torch.Tensor) -> float:
+        targets = {n: objective.targets_from(n, t(wavs, lens)) for n, t in teachers.items()}
+        normalizer = objective.frame_counts(student_frames(lens), targets)
+        loss = model(wavs, lens, targets, normalizer).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        return float(loss)
+
+    return step
+
+
+def time_training(step: Callable[[torch.Tensor, torch.Tensor], float], wavs: torch.Tensor, lens: torch.Tensor,
+                  repeats: int, device: torch.device) -> float:
+    """Best-of-N wall time of a training step, after one warm-up step."""
+    step(wavs, lens)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step(wavs, lens)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def _inputs(batch: int, seconds: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     wavs = (0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=gen)).to(device)
@@ -210,12 +250,15 @@ def run_bench(
     clip_seconds: float = 10.0,
     lengths: Sequence[float] = (1, 10, 60, 300, 1200),
     sweep_models: Sequence[str] = ("usad_small", "usad_base", "wavlm_base_plus", "atst_frame"),
+    distill_sizes: Sequence[str] = ("base",),
+    distill_batch: int = 2,
     repeats: int = 3,
     threads: int = 2,
     device: str = "cpu",
     workdir: "Path | None" = None,
 ) -> dict:
-    """Measure throughput (s of audio / s), peak memory and time vs length; returns the record."""
+    """Measure inference throughput (s of audio / s), peak memory, time vs length, and the
+    distillation step throughput (student + both teachers); returns the record."""
     dev = torch.device(device)
     torch.set_num_threads(threads)
     if dev.type == "cpu":
@@ -241,9 +284,16 @@ def run_bench(
             with PeakMemory(dev) as mem:
                 took = time_call(c.run, wavs, lens, 1, dev)
             sweep.append({"model": c.name, "input_s": seconds, "seconds": took, "peak_mem_mb": round(mem.extra_mb, 1)})
+    training = []
+    for size in distill_sizes:
+        teachers = {"wavlm": _teacher("wavlm", workdir, dev), "atst": _teacher("atst_frame", workdir, dev)}
+        wavs, lens = _inputs(distill_batch, clip_seconds, dev)
+        took = time_training(distill_step(size, teachers, dev), wavs, lens, repeats, dev)
+        training.append({"student": f"usad_{size}", "teachers": "wavlm_base_plus+atst_frame", "batch": distill_batch,
+                         "clip_s": clip_seconds, "seconds": took, "audio_s_per_s": distill_batch * clip_seconds / took})
     record = {
         "device": _device_name(dev), "date": dt.date.today().isoformat(), "threads": threads,
-        "torch": torch.__version__, "throughput": rows, "length_sweep": sweep,
+        "torch": torch.__version__, "throughput": rows, "length_sweep": sweep, "distill_step": training,
         "ratios": headline_ratios(rows),
     }
     return record
@@ -287,6 +337,10 @@ def markdown_table(record: dict) -> str:
             f"| {r['model']} | {r['params'] / 1e6:.1f} | {r['batch']} x {r['clip_s']:g} s | {r['audio_s_per_s']:.1f} | "
             f"{ratio(r, 'wavlm_base_plus')} | {ratio(r, 'wavlm+atst')} | {r['peak_mem_mb']:.0f} |"
         )
+    if record["distill_step"]:
+        lines += ["", "| distillation step | teachers | batch | audio s / s |", "|---|---|---|---|"]
+        lines += [f"| {d['student']} | {d['teachers']} | {d['batch']} x {d['clip_s']:g} s | {d['audio_s_per_s']:.2f} |"
+                  for d in record["distill_step"]]
     if record["length_sweep"]:
         lines += ["", "| model | input length (s) | seconds | peak mem (MB) |", "|---|---|---|---|"]
         lines += [f"| {s['model']} | {s['input_s']:g} | {s['seconds']:.2f} | {s['peak_mem_mb']:.0f} |" for s in record["length_sweep"]]
@@ -312,6 +366,7 @@ def _command(args) -> int:  # type: ignore[no-untyped-def]
     record = run_bench(
         models=args.models.split(","), batches=[int(b) for b in args.batches.split(",")],
         clip_seconds=args.clip_seconds, lengths=_floats(args.lengths), sweep_models=args.sweep_models.split(","),
+        distill_sizes=[x for x in args.distill_sizes.split(",") if x], distill_batch=args.distill_batch,
         repeats=args.repeats, threads=args.threads, workdir=args.workdir,
         device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
     )
@@ -328,6 +383,8 @@ def register(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--lengths", default="1,10,60,300,1200", help="input lengths (s) of the time-vs-length sweep")
     p.add_argument("--sweep-models", default="usad_small,usad_base,wavlm_base_plus,atst_frame")
+    p.add_argument("--distill-sizes", default="base", help="students for the distillation-step measurement ('' skips it)")
+    p.add_argument("--distill-batch", type=int, default=2, help="clips per distillation step")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
