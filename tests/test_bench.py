@@ -42,3 +42,6 @@ def test_distillation_step_trains_the_student_with_both_teacher_formats(tmp_path
     wavs, lens = _inputs(2, 1.5, torch.device("cpu"))
     first, second = step(wavs, lens), step(wavs, lens)  # both teachers, loss, backward, AdamW
     assert 0 < second < first  # the update lowered the loss on the same batch
+    from usad_upstream.bench import count_flops
+
+    assert count_flops(step, wavs, lens) > 1e8  # a tiny student + teachers on 3 s still does real work

@@ -224,6 +224,15 @@ def distill_step(size: str, teachers: dict, device: torch.device) -> Callable[[t
     return step
 
 
+def count_flops(step: Callable[[torch.Tensor, torch.Tensor], float], wavs: torch.Tensor, lens: torch.Tensor) -> int:
+    """FLOPs of one step (forward, backward, teachers) by torch's own FLOP counter (matmuls/convs/SDPA)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(wavs, lens)
+    return counter.get_total_flops()
+
+
 def time_training(step: Callable[[torch.Tensor, torch.Tensor], float], wavs: torch.Tensor, lens: torch.Tensor,
                   repeats: int, device: torch.device) -> float:
     """Best-of-N wall time of a training step, after one warm-up step."""
@@ -252,6 +261,7 @@ def run_bench(
     sweep_models: Sequence[str] = ("usad_small", "usad_base", "wavlm_base_plus", "atst_frame"),
     distill_sizes: Sequence[str] = ("base",),
     distill_batch: int = 2,
+    peak_tflops: "float | None" = None,
     repeats: int = 3,
     threads: int = 2,
     device: str = "cpu",
@@ -288,9 +298,13 @@ def run_bench(
     for size in distill_sizes:
         teachers = {"wavlm": _teacher("wavlm", workdir, dev), "atst": _teacher("atst_frame", workdir, dev)}
         wavs, lens = _inputs(distill_batch, clip_seconds, dev)
-        took = time_training(distill_step(size, teachers, dev), wavs, lens, repeats, dev)
+        step = distill_step(size, teachers, dev)
+        took = time_training(step, wavs, lens, repeats, dev)
+        flops = count_flops(step, wavs, lens)
         training.append({"student": f"usad_{size}", "teachers": "wavlm_base_plus+atst_frame", "batch": distill_batch,
-                         "clip_s": clip_seconds, "seconds": took, "audio_s_per_s": distill_batch * clip_seconds / took})
+                         "clip_s": clip_seconds, "seconds": took, "audio_s_per_s": distill_batch * clip_seconds / took,
+                         "tflop_per_step": flops / 1e12, "achieved_tflops": flops / took / 1e12,
+                         "mfu": flops / took / (peak_tflops * 1e12) if peak_tflops else None})
     record = {
         "device": _device_name(dev), "date": dt.date.today().isoformat(), "threads": threads,
         "torch": torch.__version__, "throughput": rows, "length_sweep": sweep, "distill_step": training,
@@ -338,8 +352,9 @@ def markdown_table(record: dict) -> str:
             f"{ratio(r, 'wavlm_base_plus')} | {ratio(r, 'wavlm+atst')} | {r['peak_mem_mb']:.0f} |"
         )
     if record["distill_step"]:
-        lines += ["", "| distillation step | teachers | batch | audio s / s |", "|---|---|---|---|"]
-        lines += [f"| {d['student']} | {d['teachers']} | {d['batch']} x {d['clip_s']:g} s | {d['audio_s_per_s']:.2f} |"
+        lines += ["", "| distillation step | teachers | batch | audio s / s | TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
+        lines += [f"| {d['student']} | {d['teachers']} | {d['batch']} x {d['clip_s']:g} s | {d['audio_s_per_s']:.2f} | "
+                  f"{d['achieved_tflops']:.3f} | {'-' if d['mfu'] is None else format(d['mfu'], '.1%')} |"
                   for d in record["distill_step"]]
     if record["length_sweep"]:
         lines += ["", "| model | input length (s) | seconds | peak mem (MB) |", "|---|---|---|---|"]
@@ -367,6 +382,7 @@ def _command(args) -> int:  # type: ignore[no-untyped-def]
         models=args.models.split(","), batches=[int(b) for b in args.batches.split(",")],
         clip_seconds=args.clip_seconds, lengths=_floats(args.lengths), sweep_models=args.sweep_models.split(","),
         distill_sizes=[x for x in args.distill_sizes.split(",") if x], distill_batch=args.distill_batch,
+        peak_tflops=args.peak_tflops,
         repeats=args.repeats, threads=args.threads, workdir=args.workdir,
         device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
     )
@@ -385,6 +401,8 @@ def register(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--sweep-models", default="usad_small,usad_base,wavlm_base_plus,atst_frame")
     p.add_argument("--distill-sizes", default="base", help="students for the distillation-step measurement ('' skips it)")
     p.add_argument("--distill-batch", type=int, default=2, help="clips per distillation step")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense bf16 peak for MFU, e.g. 989 for an H100 SXM")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
