@@ -46,6 +46,7 @@ def test_output_structure_and_frame_rate():
     with torch.inference_mode():
         out = model(tone(2.0)[None])
     assert len(out["hidden_states"]) == len(out["ffn"]) == 4
+    assert out["embedding"].shape == out["x"].shape
     assert out["x"].shape == out["hidden_states"][-1].shape == (1, int(out["lengths"][0]), 192)
     assert out["fbank"].shape[-1] == 128
 

@@ -129,6 +129,7 @@ class UsadModel(nn.Module):
         x, lengths = self.subsampling(feats, frame_lens)
         pad = padding_mask(lengths, x.shape[1])
         x = self.dropout(self.pos_conv(x, pad))
+        embedding = _zero_padded(x, pad)
         pos = relative_sinusoids(x.shape[1], self.config.dim, x.device, x.dtype)
         hidden_states, ffn = [], []
         for block in self.blocks:
@@ -137,6 +138,7 @@ class UsadModel(nn.Module):
             hidden_states.append(x)
             ffn.append(_zero_padded(ffn_out, pad))
         return {
+            "embedding": embedding,
             "hidden_states": hidden_states,
             "ffn": ffn,
             "x": _zero_padded(self.final_norm(x), pad),
@@ -160,12 +162,14 @@ class UsadModel(nn.Module):
             full = {"lengths": torch.zeros_like(frame_lens).masked_scatter(alive, part["lengths"])}
             for key in ("hidden_states", "ffn"):
                 full[key] = [_scatter_rows(h, alive, t) for h in part[key]]
-            full["x"] = _scatter_rows(part["x"], alive, t)
+            for key in ("embedding", "x"):
+                full[key] = _scatter_rows(part[key], alive, t)
             yield full
 
     def forward(self, wavs: torch.Tensor, wav_lens: "torch.Tensor | None" = None) -> dict[str, object]:
         """Padded batch [B, N] at 16 kHz -> dict with `hidden_states` and `ffn` (L tensors [B, T, D]),
-        `x` (final output), `lengths` (valid frames per item) and `fbank` ([B, F, 128])."""
+        `embedding` (what enters block 1), `x` (final output), `lengths` (valid frames per item)
+        and `fbank` ([B, F, 128])."""
         lens = check_waveforms(wavs, wav_lens)
         feats, frame_lens = batch_fbank(wavs, lens)
         parts = list(self.chunks(feats, frame_lens))
@@ -176,7 +180,8 @@ class UsadModel(nn.Module):
                 key: [torch.cat([p[key][i] for p in parts], dim=1) for i in range(self.config.layers)]
                 for key in ("hidden_states", "ffn")
             }
-            out["x"] = torch.cat([p["x"] for p in parts], dim=1)
+            for key in ("embedding", "x"):
+                out[key] = torch.cat([p[key] for p in parts], dim=1)
             out["lengths"] = sum(p["lengths"] for p in parts)
         out["fbank"] = feats
         return out

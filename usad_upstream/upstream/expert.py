@@ -11,7 +11,6 @@ S3PRLUpstream length rules hold for every input of at least 400 samples.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from ..checkpoint import HOW_TO_GET, CheckpointError, load_model
@@ -42,11 +41,6 @@ class UpstreamExpert(UpstreamBase):
         except CheckpointError as exc:
             message = str(exc) if HOW_TO_GET in str(exc) else f"{exc}; {HOW_TO_GET}"
             raise UsadUpstreamError(f"usad upstream: {message}") from None
-        self._block_inputs: list[torch.Tensor] = []
-        self.model.blocks[0].register_forward_pre_hook(self._capture_block_input)
-
-    def _capture_block_input(self, module: nn.Module, args: tuple) -> None:
-        self._block_inputs.append(args[0])
 
     def get_downsample_rates(self, key: str) -> int:
         return self.model.downsample_rate
@@ -58,29 +52,5 @@ class UpstreamExpert(UpstreamBase):
         if any(len(s) != 1 for s in shapes):
             raise ValueError(f"usad upstream expects 1-D waveforms (16 kHz mono), got shapes {shapes}")
         lens = torch.tensor([s[0] for s in shapes], device=wavs[0].device)
-        self._block_inputs.clear()
-        try:
-            out = self.model(pad_sequence(list(wavs), batch_first=True), lens)
-            embedding = self._input_embedding(out["lengths"], len(wavs))
-        finally:
-            self._block_inputs.clear()
-        return {"hidden_states": [embedding, *out["hidden_states"]], "last_hidden_state": out["x"]}
-
-    def _input_embedding(self, lengths: torch.Tensor, batch: int) -> torch.Tensor:
-        """Join the block-1 inputs of every encoder window into [B, T, D], zero past each length.
-
-        Windows after the first hold only the items still running; item b runs in a window iff
-        its total frame count exceeds the frames before that window (earlier windows were full).
-        """
-        pieces, offset = [], 0
-        for part in self._block_inputs:
-            alive = lengths > offset
-            if int(alive.sum()) != part.shape[0]:
-                raise RuntimeError(f"usad upstream: window at frame {offset} has {part.shape[0]} rows, expected {int(alive.sum())}")
-            full = part.new_zeros(batch, part.shape[1], part.shape[2])
-            full[alive] = part
-            pieces.append(full)
-            offset += part.shape[1]
-        embedding = torch.cat(pieces, dim=1)
-        valid = torch.arange(embedding.shape[1], device=embedding.device)[None, :] < lengths[:, None]
-        return embedding * valid[..., None]
+        out = self.model(pad_sequence(list(wavs), batch_first=True), lens)
+        return {"hidden_states": [out["embedding"], *out["hidden_states"]], "last_hidden_state": out["x"]}
