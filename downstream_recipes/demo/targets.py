@@ -107,6 +107,9 @@ def _word(ok: "bool | None") -> str:
 
 def markdown(result: dict, budget: dict) -> str:
     lines = ["## Targets (the paper's claim in miniature)", ""]
+    if budget.get("mode") == "QUICK":
+        lines += ["QUICK run: smoke-test budgets (tens of training steps), so scores sit near chance and the "
+                  "verdicts below say nothing about the method; run `make demo` for the real comparison.", ""]
     for name, ok in result["targets"].items():
         lines.append(f"- **{_word(ok)}** — {name}")
     lines += ["", "| benchmark | task | domain | teacher | teacher score | student score | student / teacher | rule | met |",
