@@ -183,19 +183,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Best-of-N wall time after one warm-up call; the minimum is the least noisy estimate."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def time_call(run: Runner, wavs: torch.Tensor, lens: torch.Tensor, repeats: int, device: torch.device) -> float:
-    """Best-of-N wall time (one warm-up call first); the minimum is the least noisy estimate."""
+    """Inference timing: inference mode, bf16 autocast on CUDA."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     with torch.inference_mode(), autocast:
-        run(wavs, lens)
-        best = float("inf")
-        for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            run(wavs, lens)
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-    return best
+        return best_time(lambda: run(wavs, lens), repeats, device)
 
 
 def distill_step(size: str, teachers: dict, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], float]:
@@ -231,20 +236,6 @@ def count_flops(step: Callable[[torch.Tensor, torch.Tensor], float], wavs: torch
     with FlopCounterMode(display=False) as counter:
         step(wavs, lens)
     return counter.get_total_flops()
-
-
-def time_training(step: Callable[[torch.Tensor, torch.Tensor], float], wavs: torch.Tensor, lens: torch.Tensor,
-                  repeats: int, device: torch.device) -> float:
-    """Best-of-N wall time of a training step, after one warm-up step."""
-    step(wavs, lens)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step(wavs, lens)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _inputs(batch: int, seconds: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,7 +290,7 @@ def run_bench(
         teachers = {"wavlm": _teacher("wavlm", workdir, dev), "atst": _teacher("atst_frame", workdir, dev)}
         wavs, lens = _inputs(distill_batch, clip_seconds, dev)
         step = distill_step(size, teachers, dev)
-        took = time_training(step, wavs, lens, repeats, dev)
+        took = best_time(lambda: step(wavs, lens), repeats, dev)
         flops = count_flops(step, wavs, lens)
         training.append({"student": f"usad_{size}", "teachers": "wavlm_base_plus+atst_frame", "batch": distill_batch,
                          "clip_s": clip_seconds, "seconds": took, "audio_s_per_s": distill_batch * clip_seconds / took,
