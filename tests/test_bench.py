@@ -17,13 +17,29 @@ def test_ratios_are_relative_to_the_teachers_within_one_run():
 
 def test_tiny_run_writes_json_and_markdown(tmp_path):
     record = run_bench(models=["usad_tiny"], batches=[2], clip_seconds=1.0, lengths=[0.5, 2.0],
-                       sweep_models=["usad_tiny"], distill_sizes=[], repeats=1, threads=1, workdir=tmp_path / "w")
+                       sweep_models=["usad_tiny"], distill_sizes=[], repeats=1, threads=1, workdir=tmp_path / "w",
+                       hear_minutes=0.5, hear_size="tiny")
     (row,) = record["throughput"]
     assert row["model"] == "usad_tiny" and row["audio_s_per_s"] > 0 and row["params"] == 2_567_744
+    assert row["peak_mem_mb"] > 0  # measured in a fresh process
     assert [s["input_s"] for s in record["length_sweep"]] == [0.5, 2.0]
+    assert all(s["seconds"] > 0 and s["peak_mem_mb"] > 0 for s in record["length_sweep"])
+    (hear,) = record["hear_long_input"]
+    assert hear["frames"] == (30 * 16000 - 400) // 320 + 1 and hear["peak_rss_mb"] > 100  # torch alone is ~100 MB
     json_path, md_path = write_record(record, tmp_path / "bench")
     assert json.loads(json_path.read_text())["device"] == record["device"]
     assert "| usad_tiny | 2.6 | 2 x 1 s |" in md_path.read_text() == markdown_table(record)
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    import torch
+
+    from usad_upstream.bench import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert 60 < mem.extra_mb < 200
 
 
 def test_distillation_step_trains_the_student_with_both_teacher_formats(tmp_path):

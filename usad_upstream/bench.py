@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,28 +37,27 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def release_freed_memory_to_os() -> None:
-    """Make CPU RSS follow live tensors: glibc keeps freed blocks otherwise (dynamic mmap threshold)."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD fixed at 128 KiB: big buffers are mmapped
-    libc.malloc_trim(0)
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: CPU peak memory needs Linux")
 
 
 class PeakMemory:
-    """Peak process RSS (CPU) or peak allocated memory (CUDA) while the block runs, above the
-    level before it. On CPU, call release_freed_memory_to_os() once first."""
+    """Peak memory while the block runs, above the level at entry: CUDA's allocator peak, or on
+    CPU the kernel's RSS high-water mark (VmHWM, reset at entry through /proc/self/clear_refs).
+
+    Use it in a fresh process (see `measure_in_child`): glibc keeps freed blocks for reuse, so in
+    a process that already ran other models the RSS peak says more about them than about the block.
+    (Forcing glibc to return memory instead, with mallopt, made every model 20-40% slower.)
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak = 0
         self.baseline = 0
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, _rss_bytes())
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -67,9 +65,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.baseline = torch.cuda.memory_allocated()
         else:
-            self.baseline = self.peak = _rss_bytes()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            self.baseline = _rss_bytes()
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,9 +74,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated()
         else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss_bytes())
+            self.peak = max(_peak_rss_bytes(), _rss_bytes())
 
     @property
     def extra_mb(self) -> float:
@@ -196,11 +191,58 @@ def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> f
     return best
 
 
+def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
+    """bf16 autocast on CUDA; fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 def time_call(run: Runner, wavs: torch.Tensor, lens: torch.Tensor, repeats: int, device: torch.device) -> float:
     """Inference timing: inference mode, bf16 autocast on CUDA."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), _autocast(device):
         return best_time(lambda: run(wavs, lens), repeats, device)
+
+
+def run_once_measured(name: str, batch: int, seconds: float, threads: int, device: str, workdir: str) -> dict:
+    """Meant for a fresh process: build one contender, warm it up on 1 s of audio, then time one
+    call on batch x seconds and record its peak memory."""
+    dev = torch.device(device)
+    torch.set_num_threads(threads)
+    (contender,) = build_contenders([name], Path(workdir), dev)
+    warm, (wavs, lens) = _inputs(1, 1.0, dev), _inputs(batch, seconds, dev)
+    with torch.inference_mode(), _autocast(dev):
+        contender.run(*warm)
+        with PeakMemory(dev) as mem:
+            _sync(dev)
+            start = time.perf_counter()
+            contender.run(wavs, lens)
+            _sync(dev)
+            took = time.perf_counter() - start
+    return {"seconds": took, "peak_mem_mb": round(mem.extra_mb, 1)}
+
+
+def hear_long_input(checkpoint: str, minutes: float, threads: int) -> dict:
+    """Meant for a fresh process: `minutes` of audio through hear_api.get_timestamp_embeddings
+    on CPU; the process's whole peak RSS, imports and weights included (what a HEAR run needs)."""
+    import hear_api
+
+    torch.set_num_threads(threads)
+    model = hear_api.load_model(checkpoint)
+    audio = 0.1 * torch.randn(1, int(minutes * 60 * SAMPLE_RATE), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    embeddings, _ = hear_api.get_timestamp_embeddings(audio, model)
+    return {"checkpoint": Path(checkpoint).name, "minutes": minutes, "seconds": time.perf_counter() - start,
+            "frames": embeddings.shape[1], "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1)}
+
+
+def in_fresh_process(fn: Callable[..., dict], *args: object) -> dict:
+    """Run fn(*args) in a new interpreter (spawn), so that its memory peak is its own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def distill_step(size: str, teachers: dict, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], float]:
@@ -257,13 +299,14 @@ def run_bench(
     threads: int = 2,
     device: str = "cpu",
     workdir: "Path | None" = None,
+    hear_minutes: float = 20.0,
+    hear_size: str = "base",
 ) -> dict:
-    """Measure inference throughput (s of audio / s), peak memory, time vs length, and the
-    distillation step throughput (student + both teachers); returns the record."""
+    """Measure inference throughput (s of audio / s), peak memory, time vs length, the
+    distillation step throughput (student + both teachers) and the peak memory of `hear_minutes`
+    through hear_api (0 skips it); returns the record. Memory is measured in fresh processes."""
     dev = torch.device(device)
     torch.set_num_threads(threads)
-    if dev.type == "cpu":
-        release_freed_memory_to_os()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="usad-bench-"))
     contenders = build_contenders(models, workdir, dev)
     rows = []
@@ -271,20 +314,26 @@ def run_bench(
         wavs, lens = _inputs(batch, clip_seconds, dev)
         for c in tqdm(contenders, desc=f"batch {batch} x {clip_seconds:g} s", unit="model"):
             seconds = time_call(c.run, wavs, lens, repeats, dev)
-            with PeakMemory(dev) as mem, torch.inference_mode():
-                c.run(wavs, lens)
+            memory = in_fresh_process(run_once_measured, c.name, batch, clip_seconds, threads, device, str(workdir))
             rows.append({"model": c.name, "params": c.parameters, "batch": batch, "clip_s": clip_seconds,
                          "seconds": seconds, "audio_s_per_s": batch * clip_seconds / seconds,
-                         "peak_mem_mb": round(mem.extra_mb, 1)})
+                         "peak_mem_mb": memory["peak_mem_mb"]})
     sweep = []
     for c in contenders:
         if c.name not in sweep_models:
             continue
         for seconds in tqdm(lengths, desc=f"length sweep {c.name}", unit="len"):
-            wavs, lens = _inputs(1, seconds, dev)
-            with PeakMemory(dev) as mem:
-                took = time_call(c.run, wavs, lens, 1, dev)
-            sweep.append({"model": c.name, "input_s": seconds, "seconds": took, "peak_mem_mb": round(mem.extra_mb, 1)})
+            took = in_fresh_process(run_once_measured, c.name, 1, seconds, threads, device, str(workdir))
+            sweep.append({"model": c.name, "input_s": seconds, **took})
+    hear = []
+    if hear_minutes:
+        from .checkpoint import save_checkpoint
+        from .model import build_model
+
+        checkpoint = workdir / f"usad_{hear_size}.safetensors"
+        if not checkpoint.exists():
+            save_checkpoint(build_model(hear_size), checkpoint)
+        hear.append(in_fresh_process(hear_long_input, str(checkpoint), hear_minutes, threads))
     training = []
     for size in distill_sizes:
         teachers = {"wavlm": _teacher("wavlm", workdir, dev), "atst": _teacher("atst_frame", workdir, dev)}
@@ -299,7 +348,7 @@ def run_bench(
     record = {
         "device": _device_name(dev), "date": dt.date.today().isoformat(), "threads": threads,
         "torch": torch.__version__, "throughput": rows, "length_sweep": sweep, "distill_step": training,
-        "ratios": headline_ratios(rows),
+        "hear_long_input": hear, "ratios": headline_ratios(rows),
     }
     return record
 
@@ -347,6 +396,11 @@ def markdown_table(record: dict) -> str:
         lines += [f"| {d['student']} | {d['teachers']} | {d['batch']} x {d['clip_s']:g} s | {d['audio_s_per_s']:.2f} | "
                   f"{d['achieved_tflops']:.3f} | {'-' if d['mfu'] is None else format(d['mfu'], '.1%')} |"
                   for d in record["distill_step"]]
+    if record.get("hear_long_input"):
+        lines += ["", "| hear_api.get_timestamp_embeddings (CPU) | minutes | seconds | frames | peak RSS of the process (MB) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {h['checkpoint']} | {h['minutes']:g} | {h['seconds']:.1f} | {h['frames']} | {h['peak_rss_mb']:.0f} |"
+                  for h in record["hear_long_input"]]
     if record["length_sweep"]:
         lines += ["", "| model | input length (s) | seconds | peak mem (MB) |", "|---|---|---|---|"]
         lines += [f"| {s['model']} | {s['input_s']:g} | {s['seconds']:.2f} | {s['peak_mem_mb']:.0f} |" for s in record["length_sweep"]]
@@ -373,7 +427,7 @@ def _command(args) -> int:  # type: ignore[no-untyped-def]
         models=args.models.split(","), batches=[int(b) for b in args.batches.split(",")],
         clip_seconds=args.clip_seconds, lengths=_floats(args.lengths), sweep_models=args.sweep_models.split(","),
         distill_sizes=[x for x in args.distill_sizes.split(",") if x], distill_batch=args.distill_batch,
-        peak_tflops=args.peak_tflops,
+        peak_tflops=args.peak_tflops, hear_minutes=args.hear_minutes, hear_size=args.hear_size,
         repeats=args.repeats, threads=args.threads, workdir=args.workdir,
         device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
     )
@@ -394,6 +448,9 @@ def register(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--distill-batch", type=int, default=2, help="clips per distillation step")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense bf16 peak for MFU, e.g. 989 for an H100 SXM")
+    p.add_argument("--hear-minutes", type=float, default=20.0,
+                   help="minutes of audio through hear_api.get_timestamp_embeddings on CPU, for its peak memory (0 skips)")
+    p.add_argument("--hear-size", default="base", help="USAD preset of that measurement")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
