@@ -42,7 +42,7 @@ def _hear_run(args: argparse.Namespace) -> int:
         raise ValueError("--model-options must be a JSON object")
     run = HearRun(
         module=args.module, tasks_dir=Path(args.tasks_dir), model=Path(args.model) if args.model else None,
-        runs_dir=Path(args.runs_dir), name=args.name, grid=args.grid, tasks=tuple(args.task or ()),
+        runs_dir=Path(args.runs_dir), name=args.name, grid=args.grid, grid_points=args.grid_points, tasks=tuple(args.task or ()),
         model_options=options,
     )
     run_dir = run_hear(run)
@@ -72,6 +72,7 @@ def add_hear_run(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--tasks-dir", required=True, help="folder of HEAR task directories")
     p.add_argument("--task", action="append", help="only this task directory (repeatable)")
     p.add_argument("--grid", choices=GRIDS, default="default", help="heareval's hyperparameter grid (default: default)")
+    p.add_argument("--grid-points", type=int, default=8, help="points of the grid tried per task (heareval's default: 8)")
     p.add_argument("--model-options", default="{}", help="JSON kwargs for load_model, as heareval's option")
     p.add_argument("--runs-dir", default="runs", help="root of run directories (default: runs)")
     p.add_argument("--name", help="run name (default: <module>-<checkpoint stem>)")

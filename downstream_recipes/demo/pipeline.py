@@ -55,22 +55,28 @@ class Budget:
     # Learning rate for the utterance tasks, whose SUPERB recipes use 1e-4 over 200k steps: 10x
     # that for runs ~1000x shorter. PR keeps its recipe's 1e-2.
     superb_lr: float
+    # One batch per update instead of the recipes' 2 (PR) or 4 (SID): the frozen upstream's
+    # forward is most of a step's cost on CPU, so this halves / quarters those runs.
+    superb_accumulate: int
     hear_tasks: tuple[str, ...]
     hear_grid: str
+    hear_grid_points: int  # heareval tries this many points of the grid per task (its default: 8)
 
 
 FULL = Budget(
-    corpora_size="mini", pool_size="small", speech_teacher=(240, 8), audio_teacher=(600, 16),
+    corpora_size="mini", pool_size="small", speech_teacher=(480, 8), audio_teacher=(600, 16),
     distill_steps=400, distill_batch_seconds=32.0,
-    superb_steps={"PR": 200, "KS": 150, "SID": 150, "IC": 150}, superb_lr=1e-3,
+    superb_steps={"PR": 200, "KS": 150, "SID": 150, "IC": 150}, superb_lr=1e-3, superb_accumulate=1,
     hear_tasks=("keywords", "pitch", "instrument_family", "drums", "event_detection"), hear_grid="fast",
+    hear_grid_points=4,
 )
 # A smoke run of every stage: two SUPERB tasks instead of four, heareval's smallest grid.
 QUICK = Budget(
     corpora_size="mini", pool_size="mini", speech_teacher=(40, 6), audio_teacher=(60, 8),
     distill_steps=40, distill_batch_seconds=16.0,
-    superb_steps={"PR": 20, "KS": 20}, superb_lr=1e-3,
+    superb_steps={"PR": 20, "KS": 20}, superb_lr=1e-3, superb_accumulate=1,
     hear_tasks=("keywords", "pitch", "drums", "event_detection"), hear_grid="faster",
+    hear_grid_points=4,
 )
 
 SUPERB_DATA = {"PR": "LibriSpeech", "KS": "speech_commands", "SID": "VoxCeleb1", "IC": "fluent_speech_commands"}
@@ -256,11 +262,13 @@ class Demo:
         return stages
 
     def eval_stages(self) -> list[Stage]:
+        """HEAR runs first, then SUPERB in the budget's task order: the longest jobs start first,
+        so the two workers finish close together."""
         b = self.budget
         specs = self.write_specs()
         student = self.models / "usad_student.safetensors"
         runs = self.run / "eval"
-        stages = []
+        hear, superb = [], []
         for task, steps in b.superb_steps.items():
             for model in MODELS:
                 if model == "fbank":
@@ -269,10 +277,13 @@ class Demo:
                     upstream = ["--upstream", "usad", "-k", student]
                 else:
                     upstream = ["--upstream", "usad_teacher", "-k", specs[model]]
+                overrides = [f"config.runner.gradient_accumulate_steps={b.superb_accumulate}"]
+                if task != "PR":
+                    overrides.append(f"config.optimizer.lr={b.superb_lr}")
                 cmd = self.usad("superb", "run", "--task", task, *upstream, "--data", self.corpora / SUPERB_DATA[task],
                                 "--name", model, "--runs-dir", runs, "--steps", steps, "--workers", 0,
-                                "--device", "cpu", *([] if task == "PR" else ["--override", f"config.optimizer.lr={b.superb_lr}"]))
-                stages.append(Stage(f"superb-{task}-{model}", cmd, clean=[runs / "superb" / task / model]))
+                                "--device", "cpu", "--override", ",,".join(overrides))
+                superb.append(Stage(f"superb-{task}-{model}", cmd, clean=[runs / "superb" / task / model]))
         for model in MODELS:
             if model == "usad_student":
                 module: list[object] = ["--module", "hear_api", "--model", student]
@@ -280,9 +291,9 @@ class Demo:
                 module = ["--module", "hear_api.teacher", "--model", specs[model]]
             tasks = [a for t in b.hear_tasks for a in ("--task", t)]
             cmd = self.usad("hear", "run", *module, "--tasks-dir", self.corpora / "hear" / "tasks", *tasks,
-                            "--grid", b.hear_grid, "--runs-dir", runs, "--name", model)
-            stages.append(Stage(f"hear-{model}", cmd, clean=[runs / "hear" / model]))
-        return stages
+                            "--grid", b.hear_grid, "--grid-points", b.hear_grid_points, "--runs-dir", runs, "--name", model)
+            hear.append(Stage(f"hear-{model}", cmd, clean=[runs / "hear" / model]))
+        return hear + superb
 
     def leaderboard(self) -> dict[str, Path]:
         stage = Stage("leaderboard", self.usad("leaderboard", self.run / "eval", "-o", self.results, "--published", "none",
@@ -301,7 +312,7 @@ class Demo:
         return {"mode": "QUICK" if self.quick else "full", "corpora": b.corpora_size, "pool": b.pool_size,
                 "speech teacher steps x clips": list(b.speech_teacher), "audio teacher steps x clips": list(b.audio_teacher),
                 "distill steps": b.distill_steps, "distill batch seconds": b.distill_batch_seconds,
-                "SUPERB steps": b.superb_steps, "SUPERB lr": b.superb_lr, "HEAR grid": b.hear_grid,
+                "SUPERB steps": b.superb_steps, "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate, "HEAR grid": f"{b.hear_grid} ({b.hear_grid_points} points)",
                 "stage seconds": self.timings}
 
     def __call__(self) -> dict[str, Path]:

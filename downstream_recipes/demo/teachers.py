@@ -40,12 +40,13 @@ from usad_upstream.teachers.wavlm import _s3prl_wavlm
 log = logging.getLogger(__name__)
 SR = 16000
 
-# A WavLM laid out like WavLM Large (pre-norm blocks, layer-normalised conv features: these train
-# from scratch in a few hundred steps, the post-norm Base layout did not move in 120), with the
-# gated relative position bias and the conv kernels/strides of every WavLM (50 Hz), but narrow
-# and shallow enough to train on two CPU cores.
+# WavLM Base+'s waveform CNN (group norm after the first conv, 50 Hz) and gated relative position
+# bias, with pre-norm blocks (the post-norm Base layout did not move in 120 steps from scratch),
+# narrow and shallow enough to train on one CPU thread. The group-norm CNN learned faster than
+# the layer-norm one of WavLM Large: after 80 steps of keywords + speakers, speaker loss 3.10 vs
+# 3.61 (chance: 3.87), at 0.6 vs 0.85 s per step.
 SMALL_WAVLM_CFG: dict = {
-    "extractor_mode": "layer_norm",
+    "extractor_mode": "default",
     "encoder_layers": 4,
     "encoder_embed_dim": 192,
     "encoder_ffn_embed_dim": 768,

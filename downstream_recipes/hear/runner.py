@@ -32,6 +32,7 @@ class HearRun:
     runs_dir: Path = Path("runs")
     name: "str | None" = None
     grid: str = "default"
+    grid_points: int = 8  # heareval's --grid-points: how many points of the grid are tried
     tasks: tuple[str, ...] = ()  # task directory names; empty: every task in tasks_dir
     model_options: dict = field(default_factory=dict)
 
@@ -98,6 +99,8 @@ def run_hear(run: HearRun) -> Path:
 
     if run.grid not in GRIDS:
         raise ValueError(f"--grid must be one of {', '.join(GRIDS)}, got {run.grid!r}")
+    if run.grid_points < 1:
+        raise ValueError(f"--grid-points must be >= 1, got {run.grid_points}")
     if run.model is not None and not Path(run.model).is_file():
         raise ValueError(f"--model {run.model}: file not found")
     tasks = task_dirs(run.tasks_dir, run.tasks)
@@ -111,7 +114,7 @@ def run_hear(run: HearRun) -> Path:
         manifest = {"benchmark": HEAR, "model": run.model_name, "module": run.module,
                     "checkpoint": str(Path(run.model).resolve()) if run.model else None,
                     "checkpoint_hash": ckpt_hash, "tasks_dir": str(Path(run.tasks_dir).resolve()),
-                    "embeddings_dir": run.embeddings_subdir, "grid": run.grid, "created": now(), "tasks": {}}
+                    "embeddings_dir": run.embeddings_subdir, "grid": run.grid, "grid_points": run.grid_points, "created": now(), "tasks": {}}
     for task_dir in tasks:
         manifest["tasks"].setdefault(task_dir.name, _task_info(task_dir))
 
@@ -136,7 +139,8 @@ def run_hear(run: HearRun) -> Path:
             rc = run_embeddings_runner(embed_args)
             if rc != 0:
                 raise RuntimeError(f"heareval embeddings runner exit status {rc}")
-            rc = run_predictions_runner([str(out_root / task_dir.name), "--grid", run.grid])
+            rc = run_predictions_runner([str(out_root / task_dir.name), "--grid", run.grid,
+                                         "--grid-points", str(run.grid_points)])
             if rc != 0:
                 raise RuntimeError(f"heareval predictions runner exit status {rc}")
             if not (out_root / task_dir.name / "test.predicted-scores.json").is_file():
