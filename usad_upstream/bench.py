@@ -45,6 +45,16 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status: CPU peak memory needs Linux")
 
 
+def _trim_heap() -> None:
+    """Return glibc's free heap memory to the OS once (unlike mallopt, no lasting slowdown)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
 class PeakMemory:
     """Peak memory while the block runs, above the level at entry: CUDA's allocator peak, or on
     CPU the kernel's RSS high-water mark (VmHWM, reset at entry through /proc/self/clear_refs).
@@ -65,6 +75,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.baseline = torch.cuda.memory_allocated()
         else:
+            _trim_heap()  # freed memory held since loading (e.g. checkpoint copies) would hide the block's peak
             self.baseline = _rss_bytes()
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
         return self
