@@ -42,7 +42,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert {r["task"] for r in report["tasks"]} == set(QUICK.superb_steps) | set(QUICK.hear_tasks)
     md = (results / "leaderboard.md").read_text()
     assert "## Targets" in md and "usad_student" in md
-    for teacher, fmt in (("speech_teacher.pt", b"PK"), ("audio_teacher.ckpt", b"PK")):
+    for teacher, fmt in (("speech_teacher.ckpt", b"PK"), ("audio_teacher.ckpt", b"PK")):
         assert (run_dir / "models" / teacher).read_bytes()[:2] == fmt  # torch.save archives, original layouts
 
     second = _demo(run_dir, results)

@@ -4,7 +4,7 @@ Stages (each a command run as a subprocess, its output in <run>/logs/<stage>.log
 recorded atomically in <run>/done/<stage>.json; a rerun skips finished stages, FORCE rebuilds):
 
   corpora         usad corpora build --size mini (+ the distillation pool at size small)
-  speech_teacher  a small WavLM trained on speech TRAINING splits        -> WavLM {cfg, model} .pt
+  speech_teacher  a small ATST-Frame trained on speech TRAINING splits   -> Lightning .ckpt
   audio_teacher   a small ATST-Frame trained on audio TRAINING splits    -> Lightning .ckpt
   distill         usad distill: a tiny USAD student from both teachers on the unlabeled pool
   export          usad export -> student.safetensors
@@ -64,8 +64,8 @@ class Budget:
 
 
 FULL = Budget(
-    corpora_size="mini", pool_size="small", speech_teacher=(480, 8), audio_teacher=(600, 16),
-    distill_steps=400, distill_batch_seconds=32.0,
+    corpora_size="mini", pool_size="small", speech_teacher=(1500, 8), audio_teacher=(1500, 16),
+    distill_steps=600, distill_batch_seconds=32.0,
     superb_steps={"PR": 200, "KS": 150, "SID": 150, "IC": 150}, superb_lr=1e-3, superb_accumulate=1,
     hear_tasks=("keywords", "pitch", "instrument_family", "drums", "event_detection"), hear_grid="fast",
     hear_grid_points=4,
@@ -195,7 +195,7 @@ class Demo:
     # ------------------------------------------------------------------ stages
     def write_specs(self) -> dict[str, Path]:
         """Teacher spec files read by the `usad_teacher` s3prl upstream and `hear_api.teacher`."""
-        speech = {"kind": "wavlm", "path": str(self.models / "speech_teacher.pt")}
+        speech = {"kind": "atst_frame", "path": str(self.models / "speech_teacher.ckpt")}
         audio = {"kind": "atst_frame", "path": str(self.models / "audio_teacher.ckpt")}
         specs = {
             "fbank": {"teachers": [{"kind": "s3prl", "name": "fbank"}]},
@@ -218,7 +218,7 @@ class Demo:
             "run_dir": str(self.models / "distill"),
             "model": {"size": "tiny"},
             "teachers": {
-                "speech": {"kind": "wavlm", "path": str(self.models / "speech_teacher.pt"), "target": "ffn", "weight": 1.0},
+                "speech": {"kind": "atst_frame", "path": str(self.models / "speech_teacher.ckpt"), "target": "ffn", "weight": 1.0},
                 "audio": {"kind": "atst_frame", "path": str(self.models / "audio_teacher.ckpt"), "target": "ffn", "weight": 1.0},
             },
             "objective": {"num_layers": 4, "head_hidden": None},
@@ -248,7 +248,7 @@ class Demo:
         b = self.budget
         stages = []
         for kind, (steps, batch) in (("speech", b.speech_teacher), ("audio", b.audio_teacher)):
-            out = self.models / ("speech_teacher.pt" if kind == "speech" else "audio_teacher.ckpt")
+            out = self.models / f"{kind}_teacher.ckpt"
             stages.append(Stage(f"{kind}_teacher", self.usad("demo", "teacher", kind, "--corpora", self.corpora, "-o", out,
                                                               "--steps", steps, "--batch", batch), [out]))
         return stages
