@@ -1,5 +1,6 @@
-"""The one long test: `usad demo run --quick` (what `make demo QUICK=1` runs) end to end in a
-temporary directory, then a rerun that must skip every finished stage."""
+"""The one long test (marked `demo`): `usad demo run --quick` (what `make demo QUICK=1` runs) end
+to end in a temporary directory, then a rerun that must skip every finished stage; and how a
+failing stage stops the pipeline."""
 from __future__ import annotations
 
 import json
@@ -12,14 +13,13 @@ import pytest
 
 from downstream_recipes.demo.pipeline import MODELS, QUICK
 
-pytestmark = pytest.mark.demo
-
 
 def _demo(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "usad_upstream.cli", "demo", "run", "--quick", "--run-dir", str(run_dir), "--results", str(results)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 
+@pytest.mark.demo
 @pytest.mark.timeout(1500)
 def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     run_dir, results = tmp_path / "run", tmp_path / "leaderboard"
@@ -49,3 +49,21 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "running" not in "\n".join(l for l in second.stdout.splitlines() if not l.startswith("[demo] leaderboard")), second.stdout
     assert second.stdout.count("already done") >= 5
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_stage_stops_the_pipeline_naming_stage_and_log(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import Demo, Stage, StageError
+
+    demo = Demo(tmp_path / "run", tmp_path / "results", log=lambda _: None)
+    for d in (demo.logs, demo.done):
+        d.mkdir(parents=True)
+    broken = Stage("distill", [sys.executable, "-c", "import sys; print('no teachers'); sys.exit(3)"])
+    with pytest.raises(StageError) as err:
+        demo.run_serial(broken)
+    log = demo.logs / "distill.log"
+    assert "'distill'" in str(err.value) and "exit status 3" in str(err.value) and str(log) in str(err.value)
+    assert "no teachers" in log.read_text() and not demo.marker("distill").exists()
+    ok = Stage("export", [sys.executable, "-c", "pass"])
+    demo.run_serial(ok)
+    assert demo.marker("export").is_file()
