@@ -277,7 +277,7 @@ def distill_step(size: str, teachers: dict, device: torch.device) -> Callable[[t
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
