@@ -59,7 +59,7 @@ class PeakMemory:
     """Peak memory while the block runs, above the level at entry: CUDA's allocator peak, or on
     CPU the kernel's RSS high-water mark (VmHWM, reset at entry through /proc/self/clear_refs).
 
-    Use it in a fresh process (see `measure_in_child`): glibc keeps freed blocks for reuse, so in
+    Use it in a fresh process (see `in_fresh_process`): glibc keeps freed blocks for reuse, so in
     a process that already ran other models the RSS peak says more about them than about the block.
     (Forcing glibc to return memory instead, with mallopt, made every model 20-40% slower.)
     """
@@ -85,7 +85,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated()
         else:
-            self.peak = max(_peak_rss_bytes(), _rss_bytes())
+            self.peak = _peak_rss_bytes()  # the high-water mark is never below the current RSS
 
     @property
     def extra_mb(self) -> float:
@@ -346,9 +346,10 @@ def run_bench(
             save_checkpoint(build_model(hear_size), checkpoint)
         hear.append(in_fresh_process(hear_long_input, str(checkpoint), hear_minutes, threads))
     training = []
-    for size in distill_sizes:
+    if distill_sizes:
         teachers = {"wavlm": _teacher("wavlm", workdir, dev), "atst": _teacher("atst_frame", workdir, dev)}
         wavs, lens = _inputs(distill_batch, clip_seconds, dev)
+    for size in distill_sizes:
         step = distill_step(size, teachers, dev)
         took = best_time(lambda: step(wavs, lens), repeats, dev)
         flops = count_flops(step, wavs, lens)

@@ -312,7 +312,8 @@ class Demo:
         return {"mode": "QUICK" if self.quick else "full", "corpora": b.corpora_size, "pool": b.pool_size,
                 "speech teacher steps x clips": list(b.speech_teacher), "audio teacher steps x clips": list(b.audio_teacher),
                 "distill steps": b.distill_steps, "distill batch seconds": b.distill_batch_seconds,
-                "SUPERB steps": b.superb_steps, "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate, "HEAR grid": f"{b.hear_grid} ({b.hear_grid_points} points)",
+                "SUPERB steps": b.superb_steps, "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate,
+                "HEAR grid": f"{b.hear_grid} ({b.hear_grid_points} points)",
                 "stage seconds": self.timings}
 
     def __call__(self) -> dict[str, Path]:
