@@ -8,9 +8,11 @@ from usad_upstream.distill.data import (
     BatchPlanner,
     DataConfig,
     DistillData,
+    PAPER_SPEECH_SHARE,
     ManifestEntry,
     build_manifest,
     read_manifest,
+    speech_share_weights,
     write_manifest,
 )
 
@@ -111,6 +113,26 @@ def test_domain_weights_repeat_sound_and_music():
     half = BatchPlanner(entries, cfg(domain_weights={"speech": 0.5, "sound": 0.0, "music": 1.0}), 5.0, seed=0).epoch(0).batches()
     counts = np.bincount([c.index for m in half for c in m], minlength=30)
     assert 0 < counts[:10].sum() < 10 and counts[10:20].sum() == 0 and counts[20:].tolist() == [1] * 10
+
+
+def test_speech_share_weights_reproduce_the_paper_mix_in_crop_seconds():
+    # 10 speech clips of 8 s (cropped to 4 s), 10 sound clips of 2 s, 10 music clips of 4 s, one too short
+    entries = [ManifestEntry(f"/x/s{i}.wav", 8 * 16000, 16000, "speech") for i in range(10)]
+    entries += [ManifestEntry(f"/x/e{i}.wav", 2 * 16000, 16000, "sound") for i in range(10)]
+    entries += [ManifestEntry(f"/x/m{i}.wav", 4 * 8000, 8000, "music") for i in range(10)]
+    entries += [ManifestEntry("/x/short.wav", 8000, 16000, "sound")]
+    config = cfg(max_seconds=4.0, min_seconds=1.0)
+    weights = speech_share_weights(entries, PAPER_SPEECH_SHARE, config)
+    assert weights["sound"] == weights["music"] == 1.0 and abs(PAPER_SPEECH_SHARE - 0.5623) < 1e-3
+    assert weights["speech"] * 40 / (weights["speech"] * 40 + 60) == pytest.approx(PAPER_SPEECH_SHARE, abs=1e-4)
+    plans = [BatchPlanner(entries, cfg(max_seconds=4.0, domain_weights=weights), 8.0, seed=0).epoch(e) for e in range(20)]
+    seconds = {d: 0.0 for d in ("speech", "sound", "music")}
+    for plan in plans:
+        for crop in (c for m in plan.batches() for c in m):
+            seconds[entries[crop.index].domain] += crop.samples / 16000
+    assert seconds["speech"] / sum(seconds.values()) == pytest.approx(PAPER_SPEECH_SHARE, abs=0.02)
+    with pytest.raises(ValueError, match="needs both speech and non-speech"):
+        speech_share_weights(entries[:10], 0.5, config)
 
 
 def test_ranks_split_the_single_process_plan_and_state_resumes(corpus):

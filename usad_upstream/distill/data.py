@@ -219,6 +219,27 @@ class DataConfig:
         return cfg
 
 
+# Mix126k-B, the paper's distillation data: 90.7k h of speech and 35.3k h of sound + music,
+# the latter upsampled 2x, so speech is 56% of what the student hears.
+PAPER_SPEECH_SHARE = 90.7 / (90.7 + 2 * 35.3)
+
+
+def speech_share_weights(manifest: "Manifest | Sequence[ManifestEntry]", share: float, config: DataConfig) -> dict[str, float]:
+    """Domain weights (sound and music 1) under which speech is `share` of the seconds of crops
+    an epoch draws from this manifest: the paper's mix ratio reproduced on a pool of any make-up."""
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_entries(list(manifest))
+    if not 0 < share < 1:
+        raise ValueError(f"speech share must be between 0 and 1, got {share}")
+    seconds = m.num_samples / m.sample_rate
+    crops = np.where(seconds >= config.min_seconds, np.minimum(seconds, config.max_seconds), 0.0)
+    speech = float(crops[m.domain == DOMAINS.index("speech")].sum())
+    other = float(crops[m.domain != DOMAINS.index("speech")].sum())
+    if speech == 0 or other == 0:
+        raise ValueError(f"a speech share needs both speech and non-speech clips of >= {config.min_seconds} s; "
+                         f"the manifest has {speech:.0f} s of speech crops and {other:.0f} s of others")
+    return {"speech": round(share / (1 - share) * other / speech, 3), "sound": 1.0, "music": 1.0}
+
+
 # ----------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class Crop:

@@ -13,10 +13,11 @@ goes through. A spec file (YAML or JSON) holds one teacher spec or a list under 
 Relative paths are relative to the spec file. `target` defaults to `hidden_states` (each layer's
 output: what downstream probes read), not the FFN targets that distillation uses.
 
-Alignment: every teacher is brought to the common frame rate by repeating frames (the rates
-must divide it; 25 Hz ATST-Frame tokens become two 50 Hz frames), items are cut to the shortest
-teacher, and layer i of the stack (1..L, L = the deepest teacher's depth) concatenates, on the
-feature axis, layer ceil(i * L_k / L) of each teacher k.
+Alignment: every teacher is brought to the common frame rate by an integer factor: a slower
+teacher's frames are repeated (25 Hz ATST-Frame tokens become two 50 Hz frames), a faster one's
+are mean-pooled over its valid frames (100 Hz fbank becomes 50 Hz, as USAD pools for its 25 Hz
+teacher). Items are cut to the shortest teacher, and layer i of the stack (1..L, L = the deepest
+teacher's depth) concatenates, on the feature axis, layer ceil(i * L_k / L) of each teacher k.
 """
 from __future__ import annotations
 
@@ -80,15 +81,21 @@ class TeacherStack(nn.Module):
             raise ValueError("a teacher stack needs at least one teacher")
         self.teachers = nn.ModuleList(teachers)
         self.frame_rate = float(frame_rate or max(t.frame_rate for t in teachers))
-        self.repeats = []
+        self.repeats, self.pools = [], []
         for t in teachers:
-            factor = self.frame_rate / t.frame_rate
-            if abs(factor - round(factor)) > 1e-6 or round(factor) < 1:
+            up, down = self.frame_rate / t.frame_rate, t.frame_rate / self.frame_rate
+            if abs(up - round(up)) < 1e-6 and round(up) >= 1:
+                self.repeats.append(int(round(up)))
+                self.pools.append(1)
+            elif abs(down - round(down)) < 1e-6:
+                self.repeats.append(1)
+                self.pools.append(int(round(down)))
+            else:
                 raise ValueError(
-                    f"teacher {type(t).__name__} runs at {t.frame_rate} Hz, which does not divide the stack's "
-                    f"{self.frame_rate} Hz; set frame_rate to a multiple of every teacher's rate"
+                    f"teacher {type(t).__name__} runs at {t.frame_rate} Hz, which is not an integer multiple or "
+                    f"divisor of the stack's {self.frame_rate} Hz; choose a frame_rate every teacher's rate divides "
+                    f"or is divided by"
                 )
-            self.repeats.append(int(round(factor)))
         self.num_layers = max(t.num_layers for t in teachers)
         self.dim = sum(t.dim for t in teachers)
         self.layer_map = [[math.ceil(i * t.num_layers / self.num_layers) for t in teachers] for i in range(1, self.num_layers + 1)]
@@ -105,21 +112,35 @@ class TeacherStack(nn.Module):
     def forward(self, wavs: torch.Tensor, wav_lens: "torch.Tensor | None" = None) -> TeacherOutput:
         lens = check_waveforms(wavs, wav_lens)
         outs = [t(wavs, lens) for t in self.teachers]
-        lengths = torch.stack([o.lengths * r for o, r in zip(outs, self.repeats)]).min(dim=0).values
+        lengths = torch.stack([o.lengths * r if p == 1 else -(-o.lengths // p)
+                               for o, r, p in zip(outs, self.repeats, self.pools)]).min(dim=0).values
         t_max = int(lengths.max())
         layers = []
         for picks in self.layer_map:
             parts = []
-            for out, r, k in zip(outs, self.repeats, picks):
+            for out, r, p, k in zip(outs, self.repeats, self.pools, picks):
                 x = out.layers[k - 1]
                 if r > 1:
                     x = x.repeat_interleave(r, dim=1)
+                if p > 1:
+                    x = mean_pool(x, out.lengths, p)
                 if x.shape[1] < t_max:
                     x = nn.functional.pad(x, (0, 0, 0, t_max - x.shape[1]))
                 parts.append(x[:, :t_max])
             layers.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
         valid = frame_mask(lengths, t_max)[..., None]
         return TeacherOutput(layers=[x.masked_fill(~valid, 0.0) for x in layers], lengths=lengths, frame_rate=self.frame_rate)
+
+
+def mean_pool(x: torch.Tensor, lengths: torch.Tensor, factor: int) -> torch.Tensor:
+    """[B, T, D] -> [B, ceil(T / factor), D]: each output frame is the mean of the valid input
+    frames it covers, so padding never leaks into an item's last frame."""
+    valid = frame_mask(lengths, x.shape[1]).to(x.dtype)[..., None]
+    pad = -x.shape[1] % factor
+    x = nn.functional.pad(x * valid, (0, 0, 0, pad))
+    valid = nn.functional.pad(valid, (0, 0, 0, pad))
+    sums = x.unflatten(1, (-1, factor)).sum(2)
+    return sums / valid.unflatten(1, (-1, factor)).sum(2).clamp(min=1.0)
 
 
 def load_teacher_stack(path: "str | os.PathLike[str]") -> TeacherStack:
