@@ -133,6 +133,11 @@ def test_speech_share_weights_reproduce_the_paper_mix_in_crop_seconds():
     assert seconds["speech"] / sum(seconds.values()) == pytest.approx(PAPER_SPEECH_SHARE, abs=0.02)
     with pytest.raises(ValueError, match="needs both speech and non-speech"):
         speech_share_weights(entries[:10], 0.5, config)
+    # the same through the config: data.speech_share replaces domain_weights
+    planner = BatchPlanner(entries, cfg(max_seconds=4.0, min_seconds=1.0, speech_share=PAPER_SPEECH_SHARE), 8.0, seed=0)
+    assert planner.domain_weights == weights
+    with pytest.raises(ValueError, match="data.speech_share must be a number between 0 and 1"):
+        cfg(speech_share=1.5)
 
 
 def test_ranks_split_the_single_process_plan_and_state_resumes(corpus):

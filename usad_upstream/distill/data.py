@@ -191,6 +191,9 @@ class DataConfig:
 
     manifests: list[str] = field(default_factory=list)
     domain_weights: dict[str, float] = field(default_factory=lambda: {"speech": 1.0, "sound": 2.0, "music": 2.0})
+    # If set, replaces domain_weights: speech gets this share of each epoch's crop-seconds
+    # (sound and music weight 1), computed from the manifests (PAPER_SPEECH_SHARE = the paper's mix).
+    speech_share: "float | None" = None
     max_seconds: float = 15.0  # longest crop
     min_seconds: float = 1.0  # shorter clips are skipped
     crop: str = "random"  # "random": one random crop per clip and epoch; "segments": fixed consecutive pieces
@@ -212,6 +215,8 @@ class DataConfig:
         bad = sorted(set(cfg.domain_weights) - set(DOMAINS))
         if bad or any(w < 0 for w in cfg.domain_weights.values()):
             raise ValueError(f"data.domain_weights: keys must be in {list(DOMAINS)} with weights >= 0, got {cfg.domain_weights}")
+        if cfg.speech_share is not None and not (isinstance(cfg.speech_share, (int, float)) and 0 < cfg.speech_share < 1):
+            raise ValueError(f"data.speech_share must be a number between 0 and 1 (exclusive), got {cfg.speech_share!r}")
         if not 0 < cfg.min_seconds <= cfg.max_seconds:
             raise ValueError(f"data: need 0 < min_seconds <= max_seconds, got {cfg.min_seconds} and {cfg.max_seconds}")
         if cfg.min_seconds * SAMPLE_RATE < MIN_SAMPLES:
@@ -320,7 +325,12 @@ class BatchPlanner:
             frames = np.minimum(np.repeat(seg, reps), m.num_samples[index] - start)
             keep = frames >= config.min_seconds * m.sample_rate[index]
             self.unit_index, self.unit_start, self.unit_frames = index[keep], start[keep], frames[keep]
-        by_domain = np.asarray([config.domain_weights.get(d, 1.0) for d in DOMAINS])
+        weights = config.domain_weights
+        if config.speech_share is not None:
+            weights = speech_share_weights(self.entries, config.speech_share, config)
+            log.info("data.speech_share %.3f -> domain weights %s", config.speech_share, weights)
+        self.domain_weights = weights
+        by_domain = np.asarray([weights.get(d, 1.0) for d in DOMAINS])
         self.unit_weight = by_domain[m.domain[self.unit_index]]
         if self.skipped["too_short"]:
             log.warning("%d manifest files are shorter than %.2f s and are skipped", self.skipped["too_short"], config.min_seconds)
