@@ -125,3 +125,26 @@ def test_lexicon_uses_libriphone_phones() -> None:
     assert len(vocab) == 71 and vocab[:2] == ["SIL", "SPN"]
     assert sources.flite_phones("wombat") == ["W", "AA1", "M", "B", "AE0", "T"]
     assert sources.flite_phones("a") == ["AH0"]
+
+
+def test_demo_distills_on_teacher_training_audio_but_no_dev_or_test_file(corpora: Path, tmp_path: Path) -> None:
+    import csv
+
+    from downstream_recipes.demo.teachers import teacher_training_audio
+    from usad_upstream.distill.data import read_manifest
+
+    manifest = read_manifest(teacher_training_audio(corpora, tmp_path / "seen.tsv"))
+    seen = {Path(e.path).resolve() for e in manifest}
+    assert {e.domain for e in manifest} == {"speech", "sound", "music"}
+    held_out = set((corpora / "LibriSpeech").glob("[dt]e[vs]t-clean/**/*.flac"))  # dev-clean, test-clean
+    held_out |= set((corpora / "speech_commands").rglob("*.wav")) - {
+        p for p in (corpora / "speech_commands" / "speech_commands_v0.01").glob("*/*.wav") if which_set(p.name) == "training"}
+    for split in ("valid", "test"):
+        with open(corpora / "fluent_speech_commands" / "data" / f"{split}_data.csv", newline="") as handle:
+            held_out |= {corpora / "fluent_speech_commands" / row["path"] for row in csv.DictReader(handle)}
+    for line in (corpora / "VoxCeleb1" / "iden_split.txt").read_text().splitlines():
+        split, rel = line.split()
+        held_out |= set((corpora / "VoxCeleb1").glob(f"*/wav/{rel}")) if split != "1" else set()
+    held_out |= {p for p in (corpora / "hear" / "tasks").glob("*/16000/*/*") if p.parent.name != "train"}
+    assert len(held_out) > 50 and not seen & {p.resolve() for p in held_out}
+    assert all(Path(p).is_file() for p in seen)

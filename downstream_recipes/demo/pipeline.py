@@ -6,7 +6,9 @@ recorded atomically in <run>/done/<stage>.json; a rerun skips finished stages, F
   corpora         usad corpora build --size mini (+ the distillation pool at size small)
   speech_teacher  a small ATST-Frame trained on speech TRAINING splits   -> Lightning .ckpt
   audio_teacher   a small ATST-Frame trained on audio TRAINING splits    -> Lightning .ckpt
-  distill         usad distill: a tiny USAD student from both teachers on the unlabeled pool
+  distill         usad distill: a tiny USAD student from both teachers on the unlabeled pool and
+                  the teachers' training audio (no labels, no dev/test file), at the paper's
+                  speech share
   export          usad export -> student.safetensors
   superb-*/hear-* every model x task through usad superb run / usad hear run (s3prl, heareval)
   leaderboard     usad leaderboard -> results/demo/leaderboard.{md,html,csv,png} + targets
@@ -30,9 +32,10 @@ from typing import Callable
 import yaml
 
 from usad_upstream.checkpoint import atomic_write
-from usad_upstream.distill.data import PAPER_SPEECH_SHARE, DataConfig, read_manifest, speech_share_weights
+from usad_upstream.distill.data import PAPER_SPEECH_SHARE, DataConfig, Manifest, read_manifest, speech_share_weights
 
 from .targets import targets_report
+from .teachers import teacher_training_audio
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,9 +221,13 @@ class Demo:
         pool = self.corpora / "pool" / "manifest.tsv"
         if self.budget.pool_size != "mini":
             pool = self.run / f"pool_{self.budget.pool_size}" / "pool" / "manifest.tsv"
-        data = {"manifests": [str(pool)], "max_seconds": 4.0, "min_seconds": 1.0, "crop": "random", "num_workers": 0}
+        # The pool plus the teachers' training audio, unlabeled (the paper distils on LibriSpeech,
+        # whose train split the SUPERB probes also use); no dev or test file is in either.
+        seen = teacher_training_audio(self.corpora, self.models / "teacher_training_audio.tsv")
+        data = {"manifests": [str(pool), str(seen)], "max_seconds": 4.0, "min_seconds": 1.0, "crop": "random", "num_workers": 0}
         # The paper's speech : sound + music ratio (Mix126k-B), whatever the pool's own make-up.
-        data["domain_weights"] = speech_share_weights(read_manifest(pool), PAPER_SPEECH_SHARE, DataConfig.from_dict(data))
+        manifest = Manifest.concat([read_manifest(m) for m in data["manifests"]])
+        data["domain_weights"] = speech_share_weights(manifest, PAPER_SPEECH_SHARE, DataConfig.from_dict(data))
         self.domain_weights = data["domain_weights"]
         config = {
             "run_dir": str(self.models / "distill"),

@@ -165,6 +165,27 @@ def audio_tasks(corpora: Path) -> list[ClipTask]:
     return tasks
 
 
+# Domain of each audio teacher task's clips in a distillation manifest.
+AUDIO_TASK_DOMAINS = {"pitch": "music", "instrument_family": "music", "drums": "music", "event_detection": "sound"}
+
+
+def teacher_training_audio(corpora: Path, out: Path) -> Path:
+    """A distillation manifest of the audio both teachers were trained on, without its labels:
+    the training splits only (as the paper distils on LibriSpeech, whose train split SUPERB's
+    probes also use); no dev or test file."""
+    from usad_upstream.distill.data import build_manifest, write_manifest
+
+    groups = [("speech", speech_tasks(corpora))] + [(AUDIO_TASK_DOMAINS[t.name], [t]) for t in audio_tasks(corpora)]
+    entries = []
+    for domain, tasks in groups:
+        files = sorted({path for task in tasks for path, _ in task.items})
+        found, skipped = build_manifest(files, domain)
+        if skipped:
+            raise ValueError(f"teacher training audio under {corpora}: {dict(skipped)} unreadable or empty {domain} files")
+        entries += found
+    return write_manifest(entries, out)
+
+
 # ----------------------------------------------------------------------------- models
 class Heads(nn.Module):
     """One linear head per task on the encoder's last layer (mean-pooled for clip tasks)."""
