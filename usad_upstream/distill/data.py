@@ -328,7 +328,6 @@ class BatchPlanner:
         weights = config.domain_weights
         if config.speech_share is not None:
             weights = speech_share_weights(self.entries, config.speech_share, config)
-            log.info("data.speech_share %.3f -> domain weights %s", config.speech_share, weights)
         self.domain_weights = weights
         by_domain = np.asarray([weights.get(d, 1.0) for d in DOMAINS])
         self.unit_weight = by_domain[m.domain[self.unit_index]]

@@ -283,6 +283,8 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc["warmup_steps"], tc["max_steps"]))
 
     data = DistillData(entries, data_cfg, tc["batch_seconds"], tc["seed"], world, rank, tc["grad_accum"], cache)
+    if data_cfg.speech_share is not None and rank == 0:
+        print(f"data.speech_share {data_cfg.speech_share}: domain weights {data.planner.domain_weights}")
 
     step, skipped = 0, Counter()
     if state is not None and ckpt_path is not None:
