@@ -52,10 +52,10 @@ def test_concat_aligns_rates_and_layers(specs: dict[str, Path]) -> None:
 
 
 def test_faster_teacher_is_mean_pooled_over_valid_frames(specs: dict[str, Path]) -> None:
-    from usad_upstream.teachers.stack import mean_pool
+    from usad_upstream.teachers.stack import pool_valid_frames
 
     x = torch.arange(1.0, 8.0).reshape(1, 7, 1).repeat(2, 1, 1)
-    pooled = mean_pool(x, torch.tensor([7, 5]), 2)
+    pooled = pool_valid_frames(x, torch.tensor([7, 5]), 2)
     assert pooled[0, :, 0].tolist() == [1.5, 3.5, 5.5, 7.0]  # the odd last frame is its own mean
     assert pooled[1, :3, 0].tolist() == [1.5, 3.5, 5.0]  # padding (frames 6-7) never enters frame 3
     # WavLM at 50 Hz pooled to the audio teacher's 25 Hz: lengths ceil(frames / 2)
@@ -67,7 +67,7 @@ def test_faster_teacher_is_mean_pooled_over_valid_frames(specs: dict[str, Path])
     out = stack(wavs, torch.tensor([24000, 16000]))
     full = load_teacher_stack(specs["speech"])(wavs, torch.tensor([24000, 16000]))
     assert out.lengths.tolist() == [37, 25]  # min(ceil(74 / 2), 37 ATST tokens), min(ceil(49 / 2), 25)
-    assert torch.allclose(out.layers[0][0, :37, :64], mean_pool(full.layers[0], full.lengths, 2)[0, :37], atol=1e-6)
+    assert torch.allclose(out.layers[0][0, :37, :64], pool_valid_frames(full.layers[0], full.lengths, 2)[0, :37], atol=1e-6)
     assert out.layers[0][1, 25:].abs().sum() == 0
     spec.write_text("teachers:\n  - {kind: wavlm, path: speech.pt}\nframe_rate: 30\n")
     with pytest.raises(ValueError, match="not an integer multiple or divisor"):

@@ -32,7 +32,7 @@ from typing import Callable
 import yaml
 
 from usad_upstream.checkpoint import atomic_write
-from usad_upstream.distill.data import PAPER_SPEECH_SHARE, DataConfig, Manifest, read_manifest, speech_share_weights
+from usad_upstream.distill.data import PAPER_SPEECH_SHARE
 
 from .targets import targets_report
 from .teachers import teacher_training_audio
@@ -112,7 +112,6 @@ class Demo:
         self.logs = self.run / "logs"
         self.done = self.run / "done"
         self.timings: dict[str, float] = {}
-        self.domain_weights: "dict[str, float] | None" = None  # set when the distillation config is written
         # Set once a stage really runs: every later stage then reruns too (its inputs changed).
         self.dirty = False
 
@@ -224,11 +223,10 @@ class Demo:
         # The pool plus the teachers' training audio, unlabeled (the paper distils on LibriSpeech,
         # whose train split the SUPERB probes also use); no dev or test file is in either.
         seen = teacher_training_audio(self.corpora, self.models / "teacher_training_audio.tsv")
-        data = {"manifests": [str(pool), str(seen)], "max_seconds": 4.0, "min_seconds": 1.0, "crop": "random", "num_workers": 0}
-        # The paper's speech : sound + music ratio (Mix126k-B), whatever the pool's own make-up.
-        manifest = Manifest.concat([read_manifest(m) for m in data["manifests"]])
-        data["domain_weights"] = speech_share_weights(manifest, PAPER_SPEECH_SHARE, DataConfig.from_dict(data))
-        self.domain_weights = data["domain_weights"]
+        # speech_share: the paper's speech : sound + music ratio (Mix126k-B), whatever the pool's own
+        # make-up; the trainer turns it into domain weights and prints them in the distill log.
+        data = {"manifests": [str(pool), str(seen)], "speech_share": PAPER_SPEECH_SHARE, "max_seconds": 4.0,
+                "min_seconds": 1.0, "crop": "random", "num_workers": 0}
         config = {
             "run_dir": str(self.models / "distill"),
             "model": {"size": "tiny"},
@@ -326,7 +324,7 @@ class Demo:
         return {"mode": "QUICK" if self.quick else "full", "corpora": b.corpora_size, "pool": b.pool_size,
                 "speech teacher steps x clips": list(b.speech_teacher), "audio teacher steps x clips": list(b.audio_teacher),
                 "distill steps": b.distill_steps, "distill batch seconds": b.distill_batch_seconds,
-                "distill domain weights (paper's speech share)": self.domain_weights,
+                "distill speech share (the paper's Mix126k-B)": round(PAPER_SPEECH_SHARE, 4),
                 "SUPERB steps": b.superb_steps, "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate,
                 "HEAR grid": f"{b.hear_grid} ({b.hear_grid_points} points)",
                 "stage seconds": self.timings}

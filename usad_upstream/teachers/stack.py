@@ -112,8 +112,8 @@ class TeacherStack(nn.Module):
     def forward(self, wavs: torch.Tensor, wav_lens: "torch.Tensor | None" = None) -> TeacherOutput:
         lens = check_waveforms(wavs, wav_lens)
         outs = [t(wavs, lens) for t in self.teachers]
-        lengths = torch.stack([o.lengths * r if p == 1 else -(-o.lengths // p)
-                               for o, r, p in zip(outs, self.repeats, self.pools)]).min(dim=0).values
+        # ceil(frames * repeat / pool): a pooled teacher keeps its partial last window
+        lengths = torch.stack([-(-o.lengths * r // p) for o, r, p in zip(outs, self.repeats, self.pools)]).min(dim=0).values
         t_max = int(lengths.max())
         layers = []
         for picks in self.layer_map:
@@ -123,7 +123,7 @@ class TeacherStack(nn.Module):
                 if r > 1:
                     x = x.repeat_interleave(r, dim=1)
                 if p > 1:
-                    x = mean_pool(x, out.lengths, p)
+                    x = pool_valid_frames(x, out.lengths, p)
                 if x.shape[1] < t_max:
                     x = nn.functional.pad(x, (0, 0, 0, t_max - x.shape[1]))
                 parts.append(x[:, :t_max])
@@ -132,9 +132,11 @@ class TeacherStack(nn.Module):
         return TeacherOutput(layers=[x.masked_fill(~valid, 0.0) for x in layers], lengths=lengths, frame_rate=self.frame_rate)
 
 
-def mean_pool(x: torch.Tensor, lengths: torch.Tensor, factor: int) -> torch.Tensor:
+def pool_valid_frames(x: torch.Tensor, lengths: torch.Tensor, factor: int) -> torch.Tensor:
     """[B, T, D] -> [B, ceil(T / factor), D]: each output frame is the mean of the valid input
-    frames it covers, so padding never leaks into an item's last frame."""
+    frames it covers, so padding never leaks into an item's last frame. Unlike the distillation
+    loss's `objective.mean_pool` (the paper's alignment, which drops a partial window), the partial
+    last window is kept: an evaluation's timestamps must cover the whole clip."""
     valid = frame_mask(lengths, x.shape[1]).to(x.dtype)[..., None]
     pad = -x.shape[1] % factor
     x = nn.functional.pad(x * valid, (0, 0, 0, pad))
