@@ -163,3 +163,25 @@ def test_cli_distill_with_real_teacher_formats_then_export(setup, capsys):
     torch.testing.assert_close(model.state_dict()["blocks.1.ffn.fc2.weight"], state["student"]["blocks.1.ffn.fc2.weight"])
     assert len(model(torch.randn(1, 16000))["hidden_states"]) == 2
     assert main(["export", str(setup / "audio.safetensors"), "-o", str(out)]) == 2  # not a run checkpoint
+
+
+def test_teachers_run_in_the_students_autocast_and_give_fp32_targets(tmp_path):
+    """On a GPU the trainer runs teachers in bf16 like the student; the loss still sees fp32 targets."""
+    from usad_upstream.distill.objective import DistillObjective, TeacherSpec
+    from usad_upstream.distill.trainer import teacher_targets
+    from usad_upstream.teachers.fixtures import write_atst_checkpoint
+
+    write_atst_checkpoint(tmp_path / "a.ckpt", dim=64, depth=4)
+    teachers = {"audio": build_teacher({"kind": "atst_frame", "path": str(tmp_path / "a.ckpt")}).freeze()}
+    t = teachers["audio"]
+    objective = DistillObjective(32, 4, [TeacherSpec("audio", t.num_layers, t.dim, float(t.frame_rate))])
+    wavs = 0.1 * torch.randn(2, 24000, generator=torch.Generator().manual_seed(0))
+    lens = torch.tensor([24000, 16000])
+    fp32 = teacher_targets(teachers, objective, wavs, lens, None)["audio"]
+    bf16 = teacher_targets(teachers, objective, wavs, lens, torch.bfloat16)["audio"]
+    assert fp32.layers.keys() == bf16.layers.keys()
+    for tl, x in bf16.layers.items():
+        assert x.dtype == torch.float32 and not x.is_inference()
+        ref = fp32.layers[tl]
+        assert not torch.equal(x, ref)  # really computed in bf16
+        assert (x - ref).norm() < 0.1 * ref.norm()

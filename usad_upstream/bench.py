@@ -247,6 +247,10 @@ def hear_long_input(checkpoint: str, minutes: float, threads: int) -> dict:
             "frames": embeddings.shape[1], "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1)}
 
 
+def _call(fn: Callable[..., dict], *args: object) -> dict:
+    return fn(*args)
+
+
 def in_fresh_process(fn: Callable[..., dict], *args: object) -> dict:
     """Run fn(*args) in a new interpreter (spawn), so that its memory peak is its own."""
     import multiprocessing
@@ -256,26 +260,30 @@ def in_fresh_process(fn: Callable[..., dict], *args: object) -> dict:
         return pool.submit(fn, *args).result()
 
 
-def distill_step(size: str, teachers: dict, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], float]:
+def distill_step(
+    size: str, teachers: dict, device: torch.device, compile_student: bool = False
+) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """One training step of the real trainer pieces: both teachers (inference mode), the student
-    and heads forward + backward (bf16 autocast on GPU), AdamW update."""
+    and heads forward + backward (bf16 autocast on GPU, teachers included), AdamW update;
+    `compile_student` wraps student + heads in torch.compile."""
     from .distill.objective import DistillObjective, TeacherSpec
-    from .distill.trainer import Distiller, student_frames
+    from .distill.trainer import Distiller, student_frames, teacher_targets
     from .model import build_model
 
     student = build_model(size).to(device)
     specs = [TeacherSpec(n, t.num_layers, t.dim, float(t.frame_rate)) for n, t in teachers.items()]
     objective = DistillObjective(student.config.dim, student.config.layers, specs).to(device)
-    model = Distiller(student, objective, torch.bfloat16 if device.type == "cuda" else None).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+    distiller = Distiller(student, objective, torch.bfloat16 if device.type == "cuda" else None).train()
+    model = torch.compile(distiller) if compile_student else distiller
+    optimizer = torch.optim.AdamW([p for p in distiller.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
 
     def step(wavs: torch.Tensor, lens: torch.Tensor) -> float:
-        targets = {n: objective.targets_from(n, t(wavs, lens)) for n, t in teachers.items()}
+        targets = teacher_targets(teachers, objective, wavs, lens, distiller.autocast_dtype)
         normalizer = objective.frame_counts(student_frames(lens), targets)
         loss = model(wavs, lens, targets, normalizer).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        torch.nn.utils.clip_grad_norm_(distiller.parameters(), 10.0)
         optimizer.step()
         return float(loss.detach())
 
@@ -304,7 +312,8 @@ def run_bench(
     lengths: Sequence[float] = (1, 10, 60, 300, 1200),
     sweep_models: Sequence[str] = ("usad_small", "usad_base", "wavlm_base_plus", "atst_frame"),
     distill_sizes: Sequence[str] = ("base",),
-    distill_batch: int = 2,
+    distill_batches: Sequence[int] = (2,),
+    compile_student: bool = False,
     peak_tflops: "float | None" = None,
     repeats: int = 3,
     threads: int = 2,
@@ -315,8 +324,10 @@ def run_bench(
 ) -> dict:
     """Measure inference throughput (s of audio / s), peak memory, time vs length, the
     distillation step throughput (student + both teachers) and the peak memory of `hear_minutes`
-    through hear_api (0 skips it); returns the record. Memory is measured in fresh processes."""
+    through hear_api (0 skips it); returns the record. CPU memory is measured in fresh processes
+    (RSS has no reset); CUDA memory in this one, from the allocator's peak statistics."""
     dev = torch.device(device)
+    measure = in_fresh_process if dev.type == "cpu" else _call
     torch.set_num_threads(threads)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="usad-bench-"))
     contenders = build_contenders(models, workdir, dev)
@@ -325,7 +336,7 @@ def run_bench(
         wavs, lens = _inputs(batch, clip_seconds, dev)
         for c in tqdm(contenders, desc=f"batch {batch} x {clip_seconds:g} s", unit="model"):
             seconds = time_call(c.run, wavs, lens, repeats, dev)
-            memory = in_fresh_process(run_once_measured, c.name, batch, clip_seconds, threads, device, str(workdir))
+            memory = measure(run_once_measured, c.name, batch, clip_seconds, threads, device, str(workdir))
             rows.append({"model": c.name, "params": c.parameters, "batch": batch, "clip_s": clip_seconds,
                          "seconds": seconds, "audio_s_per_s": batch * clip_seconds / seconds,
                          "peak_mem_mb": memory["peak_mem_mb"]})
@@ -334,7 +345,7 @@ def run_bench(
         if c.name not in sweep_models:
             continue
         for seconds in tqdm(lengths, desc=f"length sweep {c.name}", unit="len"):
-            took = in_fresh_process(run_once_measured, c.name, 1, seconds, threads, device, str(workdir))
+            took = measure(run_once_measured, c.name, 1, seconds, threads, device, str(workdir))
             sweep.append({"model": c.name, "input_s": seconds, **took})
     hear = []
     if hear_minutes:
@@ -348,15 +359,17 @@ def run_bench(
     training = []
     if distill_sizes:
         teachers = {"wavlm": _teacher("wavlm", workdir, dev), "atst": _teacher("atst_frame", workdir, dev)}
-        wavs, lens = _inputs(distill_batch, clip_seconds, dev)
     for size in distill_sizes:
-        step = distill_step(size, teachers, dev)
-        took = best_time(lambda: step(wavs, lens), repeats, dev)
-        flops = count_flops(step, wavs, lens)
-        training.append({"student": f"usad_{size}", "teachers": "wavlm_base_plus+atst_frame", "batch": distill_batch,
-                         "clip_s": clip_seconds, "seconds": took, "audio_s_per_s": distill_batch * clip_seconds / took,
-                         "tflop_per_step": flops / 1e12, "achieved_tflops": flops / took / 1e12,
-                         "mfu": flops / took / (peak_tflops * 1e12) if peak_tflops else None})
+        step = distill_step(size, teachers, dev, compile_student)
+        for batch in distill_batches:
+            wavs, lens = _inputs(batch, clip_seconds, dev)
+            took = best_time(lambda: step(wavs, lens), repeats, dev)
+            flops = count_flops(distill_step(size, teachers, dev) if compile_student else step, wavs, lens)  # same FLOPs, eager
+            training.append({"student": f"usad_{size}", "teachers": "wavlm_base_plus+atst_frame", "batch": batch,
+                             "clip_s": clip_seconds, "compiled": compile_student, "seconds": took,
+                             "audio_s_per_s": batch * clip_seconds / took, "tflop_per_step": flops / 1e12,
+                             "achieved_tflops": flops / took / 1e12,
+                             "mfu": flops / took / (peak_tflops * 1e12) if peak_tflops else None})
     record = {
         "device": _device_name(dev), "date": dt.date.today().isoformat(), "threads": threads,
         "torch": torch.__version__, "throughput": rows, "length_sweep": sweep, "distill_step": training,
@@ -404,8 +417,8 @@ def markdown_table(record: dict) -> str:
             f"{ratio(r, 'wavlm_base_plus')} | {ratio(r, 'wavlm+atst')} | {r['peak_mem_mb']:.0f} |"
         )
     if record["distill_step"]:
-        lines += ["", "| distillation step | teachers | batch | audio s / s | TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
-        lines += [f"| {d['student']} | {d['teachers']} | {d['batch']} x {d['clip_s']:g} s | {d['audio_s_per_s']:.2f} | "
+        lines += ["", "| distillation step | teachers | batch | compiled | audio s / s | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {d['student']} | {d['teachers']} | {d['batch']} x {d['clip_s']:g} s | {'yes' if d.get('compiled') else 'no'} | {d['audio_s_per_s']:.2f} | "
                   f"{d['achieved_tflops']:.3f} | {'-' if d['mfu'] is None else format(d['mfu'], '.1%')} |"
                   for d in record["distill_step"]]
     if record.get("hear_long_input"):
@@ -438,7 +451,8 @@ def _command(args) -> int:  # type: ignore[no-untyped-def]
     record = run_bench(
         models=args.models.split(","), batches=[int(b) for b in args.batches.split(",")],
         clip_seconds=args.clip_seconds, lengths=_floats(args.lengths), sweep_models=args.sweep_models.split(","),
-        distill_sizes=[x for x in args.distill_sizes.split(",") if x], distill_batch=args.distill_batch,
+        distill_sizes=[x for x in args.distill_sizes.split(",") if x], distill_batches=[int(b) for b in args.distill_batches.split(",")],
+        compile_student=args.compile,
         peak_tflops=args.peak_tflops, hear_minutes=args.hear_minutes, hear_size=args.hear_size,
         repeats=args.repeats, threads=args.threads, workdir=args.workdir,
         device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
@@ -457,7 +471,8 @@ def register(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--lengths", default="1,10,60,300,1200", help="input lengths (s) of the time-vs-length sweep")
     p.add_argument("--sweep-models", default="usad_small,usad_base,wavlm_base_plus,atst_frame")
     p.add_argument("--distill-sizes", default="base", help="students for the distillation-step measurement ('' skips it)")
-    p.add_argument("--distill-batch", type=int, default=2, help="clips per distillation step")
+    p.add_argument("--distill-batches", default="2", help="clips per distillation step, one measurement each")
+    p.add_argument("--compile", action="store_true", help="torch.compile the student + heads of the distillation step")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense bf16 peak for MFU, e.g. 989 for an H100 SXM")
     p.add_argument("--hear-minutes", type=float, default=20.0,

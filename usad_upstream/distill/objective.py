@@ -144,8 +144,9 @@ class DistillObjective(nn.Module):
             raise ValueError(f"teacher {name!r} returned {len(output.layers)} layers, expected {spec.num_layers}")
         if abs(output.frame_rate - spec.frame_rate) > 1e-6:
             raise ValueError(f"teacher {name!r} returned {output.frame_rate} Hz features, expected {spec.frame_rate} Hz")
-        # clone() turns inference-mode tensors (teacher outputs) into ones autograd may save
-        layers = {tl: output.layers[tl - 1].clone() for tl in self.teacher_layers(name)}
+        # a copy turns inference-mode tensors (teacher outputs) into ones autograd may save; fp32
+        # whatever precision the teacher ran in, so the loss compares against the same targets
+        layers = {tl: output.layers[tl - 1].to(torch.float32, copy=True) for tl in self.teacher_layers(name)}
         for tl, x in layers.items():
             if x.shape[-1] != spec.dim:
                 raise ValueError(f"teacher {name!r} layer {tl}: feature dim {x.shape[-1]}, expected {spec.dim}")

@@ -67,6 +67,16 @@ class Distiller(nn.Module):
             return self.objective(layers, lengths, targets, normalizer)
 
 
+def teacher_targets(
+    teachers: Mapping[str, Teacher], objective: DistillObjective, wavs: torch.Tensor, lens: torch.Tensor,
+    autocast_dtype: "torch.dtype | None",
+) -> dict[str, Targets]:
+    """Every teacher's distilled layers for one micro-batch, in the student's autocast: frozen
+    teachers need no fp32 matmuls on a GPU, where they would cost more than the student's step."""
+    with torch.autocast(wavs.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        return {n: objective.targets_from(n, t(wavs, lens)) for n, t in teachers.items()}
+
+
 def student_frames(wav_lens: torch.Tensor) -> torch.Tensor:
     """Valid student frames per item, known before the forward pass (fbank frames, then stride 2)."""
     return ConvSubsampling.output_lengths(num_fbank_frames(wav_lens))
@@ -336,7 +346,7 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
                 tgt = {n: Targets({tl: x.to(device) for tl, x in t.layers.items()}, t.lengths.to(device)) for n, t in micro["targets"].items()}
             else:
                 wavs, lens = micro["wavs"].to(device), micro["lens"].to(device)
-                tgt = {n: objective.targets_from(n, teacher(wavs, lens)) for n, teacher in teachers.items()}
+                tgt = teacher_targets(teachers, objective, wavs, lens, distiller.autocast_dtype)
             targets.append(tgt)
             frames = objective.frame_counts(student_frames(micro["lens"]).to(device), tgt)
             counts += torch.tensor([float(frames[n]) for n in names], dtype=torch.float64)
@@ -345,23 +355,21 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
 
         # 2. student forward/backward per micro-batch; DDP syncs gradients on the last one
         optimizer.zero_grad(set_to_none=True)
-        step_sums = torch.zeros_like(sums)
+        step_sums = torch.zeros(len(sums), dtype=torch.float64, device=device)  # read back once per step
         for i, micro in enumerate(group):
             sync = world == 1 or i == len(group) - 1
             with contextlib.nullcontext() if sync else model.no_sync():
                 out = model(micro["wavs"].to(device), micro["lens"].to(device), targets[i], normalizer)
                 (out.total * world).backward()  # DDP averages gradients over ranks; sums are what we want
-            step_sums += torch.tensor(
-                [float(out.total.detach())] + [float(out.losses[h].detach()) for h in heads] + [float(micro["lens"].sum()) / 16000],
-                dtype=torch.float64,
-            )
+            step_sums[:-1] += torch.stack([out.total.detach(), *(out.losses[h].detach() for h in heads)]).double()
+            step_sums[-1] += float(micro["lens"].sum()) / 16000
             skipped.update(micro["skipped"])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc["clip_grad"])
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         step += 1
-        sums += all_sum(step_sums.to(device), world).cpu()
+        sums += all_sum(step_sums, world).cpu()
         steps_since_log += 1
         bar.update(1)
 
