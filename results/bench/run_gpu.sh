@@ -3,7 +3,8 @@
 # download: the `usad bench` table in bf16, distillation steps of USAD Base with both teachers
 # (eager and torch.compile), and a kernel profile of one step. Writes into $OUT (~5 min on an H100).
 #   OUT=results/bench bash results/bench/run_gpu.sh
-# Packages the GPU machine lacks can travel in .whl/ (wheels, plus site/ for pure-Python trees).
+# Packages the GPU machine lacks can travel in .whl/ (wheels, plus site/ for pure-Python trees);
+# on the lent H100 these were s3prl, soundfile, cffi, pycparser and tensorboardX.
 set -uo pipefail
 OUT=${OUT:-results/bench}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}  # dense bf16 peak of an H100 SXM (H200: the same)
