@@ -38,6 +38,17 @@ from .targets import targets_report
 from .teachers import teacher_training_audio
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU does bf16 matrix work in hardware (AVX512-BF16 or AMX): there bf16
+    autocast trains the demo's student ~1.4x faster with the same losses to 1e-4; elsewhere it
+    would be emulated, slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -69,7 +80,7 @@ class Budget:
 
 FULL = Budget(
     corpora_size="mini", pool_size="small", speech_teacher=(1500, 8), audio_teacher=(1500, 16),
-    distill_steps=1000, distill_batch_seconds=32.0,
+    distill_steps=1350, distill_batch_seconds=32.0,
     superb_steps={"PR": 200, "KS": 150, "SID": 150, "IC": 150}, superb_lr=1e-3, superb_accumulate=1,
     hear_tasks=("keywords", "pitch", "instrument_family", "drums", "event_detection"), hear_grid="fast",
     hear_grid_points=4,
@@ -107,6 +118,7 @@ class Demo:
         self.results = Path(results_dir).resolve()
         self.quick, self.force, self.jobs, self.python, self.say = quick, force, max(1, jobs), python, log
         self.budget = QUICK if quick else FULL
+        self.distill_precision = "bf16" if native_bf16_cpu() else "fp32"  # bf16 autocast, as the paper trains
         self.corpora = self.run / "corpora"
         self.models = self.run / "models"
         self.logs = self.run / "logs"
@@ -238,7 +250,7 @@ class Demo:
             "data": data,
             "train": {"lr": 1.0e-3, "warmup_steps": max(1, self.budget.distill_steps // 10),
                       "max_steps": self.budget.distill_steps, "batch_seconds": self.budget.distill_batch_seconds,
-                      "device": "cpu", "precision": "fp32", "log_every": max(1, self.budget.distill_steps // 20),
+                      "device": "cpu", "precision": self.distill_precision, "log_every": max(1, self.budget.distill_steps // 20),
                       "ckpt_every": max(1, self.budget.distill_steps // 4), "keep_last": 1, "seed": 0},
         }
         path = self.models / "distill.yaml"
@@ -324,6 +336,7 @@ class Demo:
         return {"mode": "QUICK" if self.quick else "full", "corpora": b.corpora_size, "pool": b.pool_size,
                 "speech teacher steps x clips": list(b.speech_teacher), "audio teacher steps x clips": list(b.audio_teacher),
                 "distill steps": b.distill_steps, "distill batch seconds": b.distill_batch_seconds,
+                "distill precision": self.distill_precision,
                 "distill speech share (the paper's Mix126k-B)": round(PAPER_SPEECH_SHARE, 4),
                 "SUPERB steps": b.superb_steps, "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate,
                 "HEAR grid": f"{b.hear_grid} ({b.hear_grid_points} points)",
