@@ -80,7 +80,7 @@ class Budget:
 
 FULL = Budget(
     corpora_size="mini", pool_size="small", speech_teacher=(1500, 8), audio_teacher=(1500, 16),
-    distill_steps=1350, distill_batch_seconds=32.0,
+    distill_steps=1150, distill_batch_seconds=32.0,
     superb_steps={"PR": 200, "KS": 150, "SID": 150, "IC": 150}, superb_lr=1e-3, superb_accumulate=1,
     hear_tasks=("keywords", "pitch", "instrument_family", "drums", "event_detection"), hear_grid="fast",
     hear_grid_points=4,
