@@ -361,10 +361,11 @@ def run_bench(
         teachers = {"wavlm": _teacher("wavlm", workdir, dev), "atst": _teacher("atst_frame", workdir, dev)}
     for size in distill_sizes:
         step = distill_step(size, teachers, dev, compile_student)
+        eager = distill_step(size, teachers, dev) if compile_student else step  # same FLOPs, countable
         for batch in distill_batches:
             wavs, lens = _inputs(batch, clip_seconds, dev)
             took = best_time(lambda: step(wavs, lens), repeats, dev)
-            flops = count_flops(distill_step(size, teachers, dev) if compile_student else step, wavs, lens)  # same FLOPs, eager
+            flops = count_flops(eager, wavs, lens)
             training.append({"student": f"usad_{size}", "teachers": "wavlm_base_plus+atst_frame", "batch": batch,
                              "clip_s": clip_seconds, "compiled": compile_student, "seconds": took,
                              "audio_s_per_s": batch * clip_seconds / took, "tflop_per_step": flops / 1e12,
