@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -51,19 +52,82 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert second.stdout.count("already done") >= 5
 
 
-@pytest.mark.timeout(60)
-def test_a_failing_stage_stops_the_pipeline_naming_stage_and_log(tmp_path: Path) -> None:
-    from downstream_recipes.demo.pipeline import Demo, Stage, StageError
+def _stages_demo(tmp_path: Path, jobs: int = 2):
+    from downstream_recipes.demo.pipeline import Demo
 
-    demo = Demo(tmp_path / "run", tmp_path / "results", log=lambda _: None)
+    said: list[str] = []
+    demo = Demo(tmp_path / "run", tmp_path / "results", jobs=jobs, log=said.append)
     for d in (demo.logs, demo.done):
         d.mkdir(parents=True)
-    broken = Stage("distill", [sys.executable, "-c", "import sys; print('no teachers'); sys.exit(3)"])
+    return demo, said
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_stage_stops_the_pipeline_naming_stage_and_log(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import Stage, StageError
+
+    demo, _ = _stages_demo(tmp_path)
+    slow = Stage("hear-fbank", _py("import time; time.sleep(30)"), essential=False)
+    broken = Stage("distill", _py("import sys; print('no teachers'); sys.exit(3)"))
+    after = Stage("export", _py("pass"), needs=("distill",))
+    began = time.time()
     with pytest.raises(StageError) as err:
-        demo.run_serial(broken)
+        demo.run_stages([slow, broken, after])
+    assert time.time() - began < 20  # the running evaluation was stopped, not waited for
     log = demo.logs / "distill.log"
     assert "'distill'" in str(err.value) and "exit status 3" in str(err.value) and str(log) in str(err.value)
     assert "no teachers" in log.read_text() and not demo.marker("distill").exists()
-    ok = Stage("export", [sys.executable, "-c", "pass"])
-    demo.run_serial(ok)
-    assert demo.marker("export").is_file()
+    assert not demo.marker("export").exists() and not demo.marker("hear-fbank").exists()
+
+
+@pytest.mark.timeout(60)
+def test_stages_start_when_their_needs_are_done_and_evaluation_failures_leave_gaps(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import Stage
+
+    demo, said = _stages_demo(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    # "student" can only succeed after "teacher" wrote its file; "baseline" needs nothing and
+    # runs beside "teacher"; "probe" fails, so "report" (which needs it) is skipped.
+    stages = [
+        Stage("teacher", _py(f"import time; time.sleep(1.5); open({str(out / 't')!r}, 'w').write('t')"), [out / "t"]),
+        Stage("student", _py(f"print(open({str(out / 't')!r}).read())"), needs=("teacher",)),
+        Stage("baseline", _py(f"import os, time; time.sleep(0.5); open({str(out / 'b')!r}, 'w').write(str(os.environ['OMP_NUM_THREADS']))"),
+              essential=False),
+        Stage("probe", _py("import sys; sys.exit(2)"), needs=("student",), essential=False),
+        Stage("report", _py("pass"), needs=("probe",), essential=False),
+    ]
+    errors = demo.run_stages(stages)
+    assert [e.split("'")[1] for e in errors] == ["probe", "report"] and "skipped" in errors[1]
+    started = [line.split(":")[0].removeprefix("[demo] ") for line in said if "running" in line]
+    assert started[:2] == ["teacher", "baseline"]  # side by side; "student" waited for "teacher"
+    assert (out / "b").read_text() == "1"  # one CPU thread each when jobs > 1
+    assert all(demo.marker(n).is_file() for n in ("teacher", "student", "baseline"))
+    assert not demo.marker("probe").exists() and not demo.marker("report").exists()
+
+    # A rerun skips what is done; rebuilding "teacher" reruns "student" and cleans its results.
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    stages[1].clean.append(stale)
+    said.clear()
+    demo.rebuilt.clear()
+    demo.marker("teacher").unlink()
+    demo.run_stages(stages[:3])
+    started = [line.split(":")[0].removeprefix("[demo] ") for line in said if "running" in line]
+    assert started == ["teacher", "student"] and not stale.exists()
+    assert any(line == "[demo] baseline: already done, skipping" for line in said)
+
+
+@pytest.mark.timeout(60)
+def test_stages_needing_unknown_or_each_other_are_refused(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import Stage
+
+    demo, _ = _stages_demo(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown stage\(s\) \['teachers'\]"):
+        demo.run_stages([Stage("distill", _py("pass"), needs=("teachers",))])
+    with pytest.raises(ValueError, match="wait on each other: \\['a', 'b'\\]"):
+        demo.run_stages([Stage("a", _py("pass"), needs=("b",)), Stage("b", _py("pass"), needs=("a",))])
