@@ -42,7 +42,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--force", action="store_true", help="delete the run directory first and rebuild everything")
     p.add_argument("--run-dir", help="work directory (default: runs/demo, or runs/demo-quick)")
     p.add_argument("--results", help="leaderboard directory (default: results/demo; with --quick, RUN_DIR/leaderboard)")
-    p.add_argument("--jobs", type=int, default=2, help="evaluations run side by side, one CPU thread each (default 2)")
+    p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one CPU thread each (default 2; 1: one at a time, all threads)")
     p.set_defaults(func=_run)
     p = inner.add_parser("teacher", help="train one small domain teacher on training splits (a demo stage)")
     p.add_argument("kind", choices=["speech", "audio"])
