@@ -148,3 +148,25 @@ def test_demo_distills_on_teacher_training_audio_but_no_dev_or_test_file(corpora
     held_out |= {p for p in (corpora / "hear" / "tasks").glob("*/16000/*/*") if p.parent.name != "train"}
     assert len(held_out) > 50 and not seen & {p.resolve() for p in held_out}
     assert all(Path(p).is_file() for p in seen)
+
+
+@pytest.mark.timeout(300)
+def test_demo_teacher_is_the_same_for_the_same_seed(corpora: Path, tmp_path: Path) -> None:
+    """Two processes (fresh RNG state each, as two demo runs) train identical teachers: runs of
+    the demo differ only where the seed or the machine's arithmetic differs."""
+    import subprocess
+    import sys
+
+    import torch
+
+    def train(name: str, seed: int) -> dict:
+        out = tmp_path / f"{name}.ckpt"
+        cmd = [sys.executable, "-m", "usad_upstream.cli", "demo", "teacher", "audio", "--corpora", str(corpora),
+               "-o", str(out), "--steps", "3", "--batch", "2", "--seed", str(seed), "--threads", "1"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return torch.load(out, map_location="cpu", weights_only=False)["state_dict"]
+
+    first, again, other = train("a", 0), train("b", 0), train("c", 1)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)

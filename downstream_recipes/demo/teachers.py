@@ -300,6 +300,7 @@ def train_audio_teacher(corpora: Path, out: Path, budget: TeacherBudget, seed: i
 
 def _train_atst(tasks: list[ClipTask], out: Path, budget: TeacherBudget, seed: int,
                 progress: Callable[[str], None]) -> dict:
+    torch.manual_seed(seed)  # the initial weights too: the same seed gives the same teacher
     trainer = ATSTTrainer(SMALL_ATST, tasks)
     history = train_teacher(trainer, tasks, budget, seed, progress)
     save_atst(trainer, out, budget.steps)
