@@ -125,3 +125,15 @@ def test_targets_arithmetic() -> None:
     table.loc["usad_student", ("SUPERB", "KS")] = float("nan")
     result = evaluate_targets(table)
     assert result["targets"]["speech: student >= 90% of the speech teacher on every speech task"] is None
+
+
+def test_targets_table_shows_a_narrow_miss_as_one() -> None:
+    """54.17 vs 60.42 is 0.8966x: printed as 0.90 it would sit beside MISSED and read as a bug."""
+    from downstream_recipes.demo.targets import evaluate_targets, markdown
+
+    cols = pd.MultiIndex.from_tuples([("SUPERB", "IC"), ("HEAR", "pitch")])
+    table = pd.DataFrame([[60.42, 30.0], [10.0, 64.0], [54.17, 59.33]],
+                         index=["speech_teacher", "audio_teacher", "usad_student"], columns=cols)
+    md = markdown(evaluate_targets(table), {"mode": "full"})
+    assert "| SUPERB | IC | speech | speech_teacher | 60.42 | 54.17 | 0.897 | student >= 0.9 x teacher | MISSED |" in md
+    assert "| 64.00 | 59.33 | 0.927 |" in md

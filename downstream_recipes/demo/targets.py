@@ -97,8 +97,8 @@ def _plain(value: object) -> object:
     return None if math.isnan(number) else number
 
 
-def _fmt(x: float) -> str:
-    return "gap" if isinstance(x, float) and math.isnan(x) else (f"{x:.2f}" if isinstance(x, float) else str(x))
+def _fmt(x: float, digits: int = 2) -> str:
+    return "gap" if isinstance(x, float) and math.isnan(x) else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
 def _word(ok: "bool | None") -> str:
@@ -116,7 +116,7 @@ def markdown(result: dict, budget: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for r in result["tasks"]:
         lines.append(f"| {r['benchmark']} | {r['task']} | {r['domain']} | {r['teacher']} | {_fmt(r['teacher_score'])} | "
-                     f"{_fmt(r['student_score'])} | {_fmt(r['ratio'])} | {r['rule']} | {_word(r['met'])} |")
+                     f"{_fmt(r['student_score'])} | {_fmt(r['ratio'], 3)} | {r['rule']} | {_word(r['met'])} |")
     lines += ["", "Average over all tasks (percent, higher is better; PR counted as 100 - PER):", ""]
     lines += [f"- {m}: {_fmt(v)}" for m, v in sorted(result["averages"].items(), key=lambda kv: str(kv[0]))]
     lines += ["", "Settings of this run (fixed in downstream_recipes/demo/pipeline.py; nothing was tuned on a test split):",
