@@ -300,12 +300,12 @@ class Demo:
                         needs=tuple(s.name for s in builds + teachers), prepare=self.distill_config)
         export = Stage("export", self.usad("export", self.models / "distill", "-o", student), [student], needs=("distill",))
         evals = self.eval_stages(student)
-        mine = [s for s in evals if s.name.endswith("usad_student")]
-        return builds + teachers + [distill, export] + mine + [s for s in evals if s not in mine]
+        student_evals = [s for s in evals if s.name.endswith("usad_student")]
+        return builds + teachers + [distill, export] + student_evals + [s for s in evals if s not in student_evals]
 
     def eval_stages(self, student: Path) -> list[Stage]:
-        """HEAR runs first, then SUPERB in the budget's task order: the longest jobs start first,
-        so the two workers finish close together."""
+        """Every model x task run: HEAR first, then SUPERB in the budget's task order (the longer
+        jobs first, so the two slots finish close together)."""
         b = self.budget
         specs = self.write_specs()
         needs = {"fbank": ("corpora",), "speech_teacher": ("corpora", "speech_teacher"),
