@@ -37,8 +37,11 @@ class Size:
 
 SIZES: dict[str, Size] = {
     "test": Size("test", (3, 1, 1), 3, (3, 2), 2, 3, 2, 6, (3, 1, 1), 4, 48, 1, 12, (6, 3, 3), 4),
-    "mini": Size("mini", (12, 3, 3), 12, (16, 4), 10, 20, 16, 12, (10, 3, 3), 16, 300, 2, 40, (60, 15, 15), 40),
-    "small": Size("small", (40, 8, 8), 25, (40, 8), 20, 60, 25, 24, (24, 6, 6), 26, 700, 3, 200, (200, 50, 50), 150),
+    # mini's KS test root (12 voices) and IC valid/test (8 voices x all 26 intents each) hold ~200
+    # items, so one item moves a score by ~0.5 point (it was 1 to 2 points, and the demo's verdicts
+    # on KS and IC followed single utterances).
+    "mini": Size("mini", (12, 3, 3), 12, (16, 12), 10, 20, 16, 12, (20, 8, 8), 26, 300, 2, 40, (60, 15, 15), 40),
+    "small": Size("small", (40, 8, 8), 25, (40, 16), 20, 60, 25, 24, (40, 12, 12), 26, 700, 3, 200, (200, 50, 50), 150),
 }
 
 
