@@ -54,9 +54,9 @@ def native_bf16_cpu() -> bool:
 
 
 REPO = Path(__file__).resolve().parents[2]
-# Peak LR of the distillation. Full 1150-step runs of the demo's config (same teachers, data and
-# seed; training loss over the last logged steps, step 1083): 1e-3 0.552, 2e-3 0.538, 3e-3 0.542,
-# 4e-3 0.550; 2e-3 also lowest on the speech teacher's top layer (0.519 vs 0.536 for 1e-3 at 1150).
+# Peak LR of the distillation, by training loss on the demo's 1150-step schedule (run 10's teachers,
+# data and seed; loss logged at step 1083): 1e-3 0.552, 2e-3 0.538, 3e-3 0.542, 4e-3 0.550; at
+# step 1150 2e-3 is also lower on the speech teacher's top layer (0.519 vs 0.536 for 1e-3).
 DISTILL_LR = 2e-3
 
 
