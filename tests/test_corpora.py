@@ -7,14 +7,19 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 pytest.importorskip("s3prl")
 pytest.importorskip("heareval")
 
-from downstream_recipes.corpora import build, check, sources  # noqa: E402
+from downstream_recipes.corpora import build, check, fluent, sources  # noqa: E402
+from downstream_recipes.corpora.common import SIZES  # noqa: E402
 from downstream_recipes.corpora.speech_commands import which_set  # noqa: E402
 
 
@@ -123,11 +128,6 @@ def test_missing_corpus_is_a_clear_error(tmp_path: Path) -> None:
 def test_demo_ic_splits_resolve_half_a_point(tmp_path: Path) -> None:
     """The demo's IC verdict once followed single utterances (48 per split); at size mini every
     valid/test voice now says every intent, ~200 utterances per split."""
-    import pandas as pd
-
-    from downstream_recipes.corpora import fluent
-    from downstream_recipes.corpora.common import SIZES
-
     fluent.build(tmp_path, SIZES["mini"], seed=0)
     splits = {s: pd.read_csv(tmp_path / "data" / f"{s}_data.csv") for s in ("train", "valid", "test")}
     for split in ("valid", "test"):
@@ -172,10 +172,6 @@ def test_demo_distills_on_teacher_training_audio_but_no_dev_or_test_file(corpora
 def test_demo_teacher_is_the_same_for_the_same_seed(corpora: Path, tmp_path: Path) -> None:
     """Two processes (fresh RNG state each, as two demo runs) train identical teachers: runs of
     the demo differ only where the seed or the machine's arithmetic differs."""
-    import subprocess
-    import sys
-
-    import torch
 
     def train(name: str, seed: int) -> dict:
         out = tmp_path / f"{name}.ckpt"
