@@ -49,10 +49,18 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     # trainer names the files it skips as too short: spoken commands run from 0.5 s)
     assert "are shorter than" not in (run_dir / "logs" / "distill.log").read_text()
 
+    first_times = json.loads((run_dir / "timings.json").read_text())
+
     second = _demo(run_dir, results)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "running" not in "\n".join(l for l in second.stdout.splitlines() if not l.startswith("[demo] leaderboard")), second.stdout
     assert second.stdout.count("already done") >= 5
+    # the rerun keeps the times of the stages it skipped: those of the run that made the scores
+    second_times = json.loads((run_dir / "timings.json").read_text())
+    skipped = second_times["stages done by an earlier invocation"]
+    assert set(skipped) == set(first_times["stage seconds"]) - {"leaderboard"}
+    assert all(second_times["stage seconds"][s] == first_times["stage seconds"][s] > 0 for s in skipped)
+    assert second_times["this invocation's seconds"] < first_times["this invocation's seconds"]
 
 
 def _stages_demo(tmp_path: Path, jobs: int = 2):
@@ -122,7 +130,8 @@ def test_stages_start_when_their_needs_are_done_and_evaluation_failures_leave_ga
     demo.run_stages(stages[:3])
     started = [line.split(":")[0].removeprefix("[demo] ") for line in said if "running" in line]
     assert started == ["teacher", "student"] and not stale.exists()
-    assert any(line == "[demo] baseline: already done, skipping" for line in said)
+    assert any(line.startswith("[demo] baseline: already done (took ") for line in said)
+    assert demo.timings["baseline"] == demo.recorded_seconds("baseline") >= 0.5 and demo.reused == ["baseline"]
 
 
 @pytest.mark.timeout(60)
