@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[2]
 DISTILL_LR = 2e-3
 # Shortest clip the student distils on. The paper's 2 s floor is for sound and music cut from
 # 10 s clips; spoken commands are shorter: at 1 s the demo skipped 144 of the 520 Fluent Speech
-# Commands training utterances (0.54-1 s), so the student never matched the teachers on them.
+# Commands training utterances (0.54-1 s): the student never heard them.
 DISTILL_MIN_SECONDS = 0.5
 
 
