@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,7 +77,7 @@ def export_student(run_checkpoint: "str | Path", output: "str | Path") -> Path:
     """Student weights of a distillation checkpoint (heads dropped) -> a USAD .safetensors file."""
     import torch
 
-    from ..checkpoint import save_checkpoint
+    from ..checkpoint import CheckpointError, save_checkpoint
     from ..model import build_model
     from ..presets import UsadConfig
     from .trainer import latest_checkpoint
@@ -91,10 +92,18 @@ def export_student(run_checkpoint: "str | Path", output: "str | Path") -> Path:
         raise ValueError(f"run checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a `usad distill` checkpoint (a step_*.pt under RUN_DIR/checkpoints): "
+                              f"torch.load failed ({exc})") from None
+    missing = [k for k in ("student_config", "student") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a `usad distill` checkpoint (a step_*.pt under RUN_DIR/checkpoints): "
+                              f"no {missing} entries (`usad info` reads exported .safetensors files)")
+    try:
         config = UsadConfig.from_dict(state["student_config"])
-        weights = state["student"]
-    except (KeyError, TypeError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path}: not a `usad distill` checkpoint ({exc})") from None
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its student_config is not a USAD model config ({exc})") from None
+    weights = state["student"]
     model = build_model(config)
     model.load_state_dict(weights)
     extra = {"distilled_step": str(state.get("step")), "distilled_from": str(path.resolve())}

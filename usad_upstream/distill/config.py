@@ -7,6 +7,7 @@ parsed as YAML, so numbers, booleans, null and lists work) and validates the res
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,6 +16,19 @@ import yaml
 from .data import DataConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that reads 5e-4 as a number: YAML 1.1 (PyYAML) wants a dot (5.0e-4) and would
+    hand the optimizer the string '5e-4'."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 DEFAULTS: dict[str, Any] = {
     "run_dir": "runs/distill",
@@ -81,7 +95,7 @@ def apply_override(config: dict[str, Any], override: str) -> None:
             raise ValueError(f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section of the config")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _yaml(raw)
     except yaml.YAMLError as exc:
         raise ValueError(f"override {override!r}: value is not valid YAML ({exc})") from None
 
@@ -107,6 +121,19 @@ def validate(config: Mapping[str, Any]) -> None:
             raise ValueError(f"config: train.{key} must be an integer >= 1, got {train[key]!r}")
     if not isinstance(train["warmup_steps"], int) or not 0 <= train["warmup_steps"] < train["max_steps"]:
         raise ValueError(f"config: train.warmup_steps must be an integer in [0, max_steps), got {train['warmup_steps']!r}")
+    for key, low in (("lr", 0.0), ("batch_seconds", 0.0), ("eps", 0.0), ("clip_grad", 0.0), ("weight_decay", None)):
+        value = train[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (low is not None and value <= low):
+            want = "a number >= 0" if low is None else "a number > 0"
+            raise ValueError(f"config: train.{key} must be {want}, got {value!r}")
+    betas = train["betas"]
+    if not (isinstance(betas, list) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"config: train.betas must be two numbers in [0, 1), got {betas!r}")
+    if not isinstance(train["seed"], int):
+        raise ValueError(f"config: train.seed must be an integer, got {train['seed']!r}")
+    if train["stop_after"] is not None and (not isinstance(train["stop_after"], int) or train["stop_after"] < 1):
+        raise ValueError(f"config: train.stop_after must be null or an integer >= 1, got {train['stop_after']!r}")
     if train["precision"] not in ("auto", "bf16", "fp32"):
         raise ValueError(f"config: train.precision must be auto, bf16 or fp32, got {train['precision']!r}")
     if "size" not in config["model"]:
@@ -121,7 +148,10 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> dict[str, A
     if not path.is_file():
         presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ValueError(f"config {name_or_path!r} is neither a file nor a preset; presets: {presets}")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = _yaml(path.read_text()) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not a readable YAML config ({exc})") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping")
     config = _merge(DEFAULTS, loaded)
