@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -56,6 +57,9 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from results.render import render
 
     measured = collect(args.runs_dir)
+    if measured.empty:
+        print(f"warning: no SUPERB or HEAR runs (usad_run.json) under {args.runs_dir}; the tables hold published rows only",
+              file=sys.stderr)
     paths = render(measured, load_published(which=args.published), args.output, title=args.title)
     n_gaps = int(measured["score"].isna().sum()) if not measured.empty else 0
     print(f"{len(measured)} measured rows ({n_gaps} gaps) -> " + ", ".join(str(p) for p in paths.values()))

@@ -1,6 +1,7 @@
 """The distillation trainer: DDP equals one process, exact resume, target cache, CLI + export."""
 import csv
 import os
+import signal
 import socket
 
 import numpy as np
@@ -123,6 +124,31 @@ def test_resume_after_a_kill_continues_the_same_run_exactly(setup):
     with pytest.raises(ValueError, match="different config.*train.lr"):
         other = config_for(setup, "cut", *opts, "train.lr=1e-4")
         train(other, teachers=make_teachers(other), progress=False)
+
+
+class TermOnSecondCall(Pooled25Hz):
+    """A teacher that sends this process SIGTERM while the second step runs (like a pre-emption)."""
+
+    calls = 0
+
+    def extract(self, wavs, wav_lens):
+        TermOnSecondCall.calls += 1
+        if TermOnSecondCall.calls == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return super().extract(wavs, wav_lens)
+
+
+def test_sigterm_saves_the_step_it_finished_and_the_same_command_resumes(setup, capsys):
+    config = config_for(setup, "term", "train.ckpt_every=10")
+    teachers = make_teachers(config)
+    teachers["audio"] = TermOnSecondCall(config["teachers"]["audio"]["path"])
+    train(config, teachers=teachers, progress=False)
+    ckpt = setup / "term" / "checkpoints" / "step_00000002.pt"
+    assert f"stopped by SIGTERM after step 2; saved {ckpt}" in capsys.readouterr().out
+    assert sorted(os.listdir(ckpt.parent)) == [ckpt.name]  # ckpt_every=10: saved because of the signal
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    train(config, teachers=make_teachers(config), progress=False)
+    assert sorted(losses(config["run_dir"])) == [1, 2, 3, 4]
 
 
 def test_training_from_the_target_cache_matches_online_targets(setup):

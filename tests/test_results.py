@@ -245,3 +245,6 @@ def test_leaderboard_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "| fbank | measured here |" in (tmp_path / "out" / "leaderboard.md").read_text()
     assert main(["leaderboard", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 2
     assert "runs directory not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["leaderboard", str(tmp_path / "empty"), "-o", str(tmp_path / "out2")]) == 0  # published rows only
+    assert "warning: no SUPERB or HEAR runs" in capsys.readouterr().err

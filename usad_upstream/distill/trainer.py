@@ -415,7 +415,8 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
                 }, tc["keep_last"])
         if stopping:
             if rank == 0:
-                print(f"stopped by SIGTERM after step {step}; checkpoint saved, run again to resume")
+                saved = run_dir / "checkpoints" / f"step_{step:08d}.pt"
+                print(f"stopped by SIGTERM after step {step}; saved {saved}; run the same command to resume", flush=True)
             break
     stop_request.restore()
     bar.close()
