@@ -53,8 +53,9 @@ def build_corpora(out: "str | Path", size: str = "mini", seed: int = 0, stages: 
         marker = _marker(out, stage)
         if marker.is_file():
             done = json.loads(marker.read_text())
-            if {k: done.get(k) for k in params} != params:
-                raise ValueError(f"{out / folder} was built with {done}, not {params}; use another --out")
+            built = {k: done.get(k) for k in params}
+            if built != params:
+                raise ValueError(f"{out / folder} was built with {built}, not {params}; use another --out")
             log.info("%s: already built, skipping", stage)
             timings[stage] = 0.0
             continue
