@@ -22,6 +22,13 @@ def test_overrides_are_python_literals_for_s3prl() -> None:
         recipes.format_overrides({"k": Path("/a=b")})
 
 
+def test_user_overrides_naming_keys_the_config_lacks_are_flagged() -> None:
+    ks = recipes.get_recipe("ks")
+    text = "config.optimizr.lr=5e-4,,config.optimizer.lr=1e-3,,config.runner.total_steps=5,,args.seed=3"
+    assert recipes.unknown_config_keys(ks.config, text) == ["config.optimizr.lr"]
+    assert recipes.unknown_config_keys(ks.config, "config.optimizer.lr.x=1") == ["config.optimizer.lr.x"]
+
+
 def test_step_overrides_keep_two_dev_evaluations() -> None:
     ks = recipes.get_recipe("ks")
     assert recipes.step_overrides(ks, 120) == {"config.runner.total_steps": 120, "config.runner.eval_step": 30,

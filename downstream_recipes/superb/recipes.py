@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DE = "config.downstream_expert"
@@ -177,6 +178,24 @@ def step_overrides(recipe: Recipe, steps: int) -> dict[str, object]:
         "config.runner.save_step": every,
         "config.runner.log_step": max(1, min(every, steps // 10)),
     }
+
+
+def unknown_config_keys(config: Path, override: str) -> list[str]:
+    """The `config.*` keys of an s3prl `-o` text that the task's config does not have: s3prl adds
+    such keys silently, so a typo (config.optimizr.lr) would change nothing without a word."""
+    tree = yaml.safe_load(config.read_text()) or {}
+    unknown = []
+    for item in override.split(",,"):
+        key = item.partition("=")[0].strip()
+        if not key.startswith("config."):
+            continue
+        node: object = tree
+        for part in key.split(".")[1:]:
+            if not isinstance(node, dict) or part not in node:
+                unknown.append(key)
+                break
+            node = node[part]
+    return unknown
 
 
 def format_overrides(values: dict[str, object]) -> str:

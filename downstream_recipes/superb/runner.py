@@ -22,7 +22,7 @@ from results import s3prl_logs
 from results.manifest import file_hash, now, owner, read_manifest, write_manifest
 from results.tasks import SUPERB, SUPERB_TASKS
 
-from .recipes import Recipe, format_overrides, get_recipe, step_overrides
+from .recipes import Recipe, format_overrides, get_recipe, step_overrides, unknown_config_keys
 from .s3prl_entry import CACHE_ENV
 
 STAGES = ("train", "select", "test")
@@ -144,7 +144,12 @@ def _overrides(run: SuperbRun, data_values: dict[str, object]) -> str:
     if run.workers is not None:
         values[run.recipe.workers_key] = run.workers
     text = format_overrides(values)
-    return f"{text},,{run.override}" if run.override else text
+    if not run.override:
+        return text
+    for key in unknown_config_keys(run.recipe.config, run.override):
+        print(f"warning: -o {key}: no such key in {run.recipe.config}; s3prl will add it, and the "
+              f"downstream reads it only if it asks for that name", file=sys.stderr)
+    return f"{text},,{run.override}"
 
 
 def _selected(run: SuperbRun) -> list[Path]:
