@@ -90,15 +90,14 @@ def export_student(run_checkpoint: "str | Path", output: "str | Path") -> Path:
         path = found
     if not path.is_file():
         raise ValueError(f"run checkpoint not found: {path}")
+    not_ours = f"{path}: not a `usad distill` checkpoint (a step_*.pt under RUN_DIR/checkpoints)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a `usad distill` checkpoint (a step_*.pt under RUN_DIR/checkpoints): "
-                              f"torch.load failed ({exc})") from None
+        raise CheckpointError(f"{not_ours}: torch.load failed ({exc})") from None
     missing = [k for k in ("student_config", "student") if not isinstance(state, dict) or k not in state]
     if missing:
-        raise CheckpointError(f"{path}: not a `usad distill` checkpoint (a step_*.pt under RUN_DIR/checkpoints): "
-                              f"no {missing} entries (`usad info` reads exported .safetensors files)")
+        raise CheckpointError(f"{not_ours}: no {missing} entries (`usad info` reads exported .safetensors files)")
     try:
         config = UsadConfig.from_dict(state["student_config"])
     except (KeyError, TypeError) as exc:
