@@ -30,6 +30,11 @@ _Loader.add_implicit_resolver(
 def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 DEFAULTS: dict[str, Any] = {
     "run_dir": "runs/distill",
     # size: a preset name from usad_upstream.presets; any other key overrides a UsadConfig field.
@@ -121,14 +126,12 @@ def validate(config: Mapping[str, Any]) -> None:
             raise ValueError(f"config: train.{key} must be an integer >= 1, got {train[key]!r}")
     if not isinstance(train["warmup_steps"], int) or not 0 <= train["warmup_steps"] < train["max_steps"]:
         raise ValueError(f"config: train.warmup_steps must be an integer in [0, max_steps), got {train['warmup_steps']!r}")
-    for key, low in (("lr", 0.0), ("batch_seconds", 0.0), ("eps", 0.0), ("clip_grad", 0.0), ("weight_decay", None)):
+    for key, positive in (("lr", True), ("batch_seconds", True), ("eps", True), ("clip_grad", True), ("weight_decay", False)):
         value = train[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (low is not None and value <= low):
-            want = "a number >= 0" if low is None else "a number > 0"
-            raise ValueError(f"config: train.{key} must be {want}, got {value!r}")
+        if not _is_number(value) or value < 0 or (positive and value == 0):
+            raise ValueError(f"config: train.{key} must be a number {'>' if positive else '>='} 0, got {value!r}")
     betas = train["betas"]
-    if not (isinstance(betas, list) and len(betas) == 2
-            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+    if not (isinstance(betas, list) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"config: train.betas must be two numbers in [0, 1), got {betas!r}")
     if not isinstance(train["seed"], int):
         raise ValueError(f"config: train.seed must be an integer, got {train['seed']!r}")

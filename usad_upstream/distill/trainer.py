@@ -392,6 +392,7 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
 
         # 4. checkpoints (RNG states come from every rank); a SIGTERM on any rank stops all of them
         stopping = bool(all_sum(torch.tensor([float(stop_request.requested)], device=device), world).item() > 0)
+        ckpt_path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
         if step % tc["ckpt_every"] == 0 or step == stop or stopping:
             rngs: list[Any] = [None] * world
             if world > 1:
@@ -399,7 +400,7 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
             else:
                 rngs = [rng_state(device)]
             if rank == 0:
-                save_run_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}.pt", {
+                save_run_checkpoint(ckpt_path, {
                     "step": step,
                     "student": distiller.student.state_dict(),
                     "student_config": distiller.student.config.to_dict(),
@@ -415,8 +416,7 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
                 }, tc["keep_last"])
         if stopping:
             if rank == 0:
-                saved = run_dir / "checkpoints" / f"step_{step:08d}.pt"
-                print(f"stopped by SIGTERM after step {step}; saved {saved}; run the same command to resume", flush=True)
+                print(f"stopped by SIGTERM after step {step}; saved {ckpt_path}; run the same command to resume", flush=True)
             break
     stop_request.restore()
     bar.close()
