@@ -26,6 +26,7 @@ def _superb_run(args: argparse.Namespace) -> int:
         task=args.task, upstream=args.upstream, data=Path(args.data), runs_dir=Path(args.runs_dir),
         upstream_ckpt=Path(args.upstream_ckpt) if args.upstream_ckpt else None, name=args.name,
         device=args.device, steps=steps, workers=args.workers, override=args.override,
+        feature_cache_mb=args.feature_cache_mb,
     )
     expdir = run_superb(run)
     print(f"SUPERB {run.recipe.task} done: {expdir}")
@@ -83,6 +84,16 @@ def add_hear_run(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.set_defaults(func=_hear_run)
 
 
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of megabytes >= 0, got {text!r}")
+    return value
+
+
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     from .superb.recipes import RECIPES
 
@@ -100,6 +111,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--quick", action="store_true", help="short CPU run: the task's quick step count (see recipes.py)")
     p.add_argument("--workers", type=int, help="dataloader workers (default: the config's)")
     p.add_argument("--override", "-o", help="extra s3prl -o overrides, e.g. config.optimizer.lr=1e-3")
+    p.add_argument("--feature-cache-mb", type=_megabytes, default=0.0, metavar="MB",
+                   help="usad / usad_teacher upstreams: compute each file's features once and keep up to MB "
+                        "megabytes of them in memory (small corpora, frozen upstream; default 0: off)")
     p.set_defaults(func=_superb_run)
 
     p = sub.add_parser("leaderboard", help="collect SUPERB/HEAR runs into CSV, Markdown, HTML and PNG leaderboards")

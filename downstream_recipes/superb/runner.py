@@ -44,6 +44,7 @@ class SuperbRun:
     steps: "int | None" = None  # None: the config's SUPERB step count
     workers: "int | None" = None
     override: "str | None" = None  # extra s3prl -o text, appended last
+    feature_cache_mb: float = 0.0  # usad/usad_teacher upstreams: per-file feature cache budget
     python: str = sys.executable
 
     @property
@@ -180,6 +181,10 @@ def run_superb(run: SuperbRun) -> Path:
     env = dict(os.environ)
     if recipe.task == "SID":
         env[CACHE_ENV] = str(expdir / "s3prl_cache")
+    if run.feature_cache_mb:
+        from usad_upstream.upstream.cache import FEATURE_CACHE_ENV  # imports s3prl: only when asked
+
+        env[FEATURE_CACHE_ENV] = str(run.feature_cache_mb)
     entry = [run.python, "-m", "downstream_recipes.superb.s3prl_entry"]
     device = ["--device", run.device] if run.device else []
     train_log, test_log = expdir / s3prl_logs.TRAIN_LOG, expdir / s3prl_logs.TEST_LOG

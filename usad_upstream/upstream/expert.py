@@ -10,11 +10,14 @@ S3PRLUpstream length rules hold for every input of at least 400 samples.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..checkpoint import HOW_TO_GET, CheckpointError, load_model
 from ..compat import patch_s3prl
+from .cache import FEATURE_CACHE_ENV, FeatureCache
 
 patch_s3prl()
 
@@ -23,6 +26,18 @@ from s3prl.upstream.interfaces import UpstreamBase  # noqa: E402  (needs the pat
 
 class UsadUpstreamError(ValueError):
     """A missing or unusable checkpoint/config given to the usad upstream."""
+
+
+def feature_cache() -> FeatureCache:
+    """The feature cache USAD_FEATURE_CACHE_MB asks for (unset or 0: none)."""
+    text = os.environ.get(FEATURE_CACHE_ENV, "").strip() or "0"
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = -1.0
+    if not 0 <= megabytes < float("inf"):
+        raise UsadUpstreamError(f"{FEATURE_CACHE_ENV}={text!r}: expected a number of megabytes >= 0")
+    return FeatureCache(int(megabytes * 2**20))
 
 
 class UpstreamExpert(UpstreamBase):
@@ -41,6 +56,7 @@ class UpstreamExpert(UpstreamBase):
         except CheckpointError as exc:
             message = str(exc) if HOW_TO_GET in str(exc) else f"{exc}; {HOW_TO_GET}"
             raise UsadUpstreamError(f"usad upstream: {message}") from None
+        self.cache = feature_cache()
 
     def get_downsample_rates(self, key: str) -> int:
         return self.model.downsample_rate
@@ -51,6 +67,9 @@ class UpstreamExpert(UpstreamBase):
         shapes = [tuple(w.shape) for w in wavs]
         if any(len(s) != 1 for s in shapes):
             raise ValueError(f"usad upstream expects 1-D waveforms (16 kHz mono), got shapes {shapes}")
-        lens = torch.tensor([s[0] for s in shapes], device=wavs[0].device)
-        out = self.model(pad_sequence(list(wavs), batch_first=True), lens)
+        return self.cache(list(wavs), self._features, enabled=not self.training)
+
+    def _features(self, wavs: "list[torch.Tensor]") -> "dict[str, object]":
+        lens = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
+        out = self.model(pad_sequence(wavs, batch_first=True), lens)
         return {"hidden_states": [out["embedding"], *out["hidden_states"]], "last_hidden_state": out["x"]}

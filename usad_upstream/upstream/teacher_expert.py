@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..compat import patch_s3prl
 from ..teachers.stack import load_teacher_stack
-from .expert import UsadUpstreamError
+from .expert import UsadUpstreamError, feature_cache
 
 patch_s3prl()
 
@@ -33,6 +33,7 @@ class TeacherUpstreamExpert(UpstreamBase):
             self.stack = load_teacher_stack(ckpt)
         except ValueError as exc:
             raise UsadUpstreamError(f"usad_teacher upstream: {exc}") from None
+        self.cache = feature_cache()
 
     def get_downsample_rates(self, key: str) -> int:
         return self.stack.downsample_rate
@@ -40,8 +41,11 @@ class TeacherUpstreamExpert(UpstreamBase):
     def forward(self, wavs: "list[torch.Tensor]") -> "dict[str, object]":
         if not isinstance(wavs, (list, tuple)) or not wavs or any(w.dim() != 1 for w in wavs):
             raise ValueError("usad_teacher upstream expects a non-empty list of 1-D 16 kHz waveforms")
+        return self.cache(list(wavs), self._features, enabled=not self.training)
+
+    def _features(self, wavs: "list[torch.Tensor]") -> "dict[str, object]":
         lens = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
-        out = self.stack(pad_sequence(list(wavs), batch_first=True), lens)
+        out = self.stack(pad_sequence(wavs, batch_first=True), lens)
         layers = [x.clone() for x in out.layers]  # plain tensors: the teachers run in inference mode
         return {"hidden_states": layers, "last_hidden_state": layers[-1]}
 
