@@ -143,6 +143,21 @@ def test_stages_skip_resume_and_fall_back(tmp_path: Path, monkeypatch: pytest.Mo
                                            name="fbank"))
 
 
+def test_feature_cache_budget_reaches_the_s3prl_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    (data / "speech_commands_v0.01").mkdir(parents=True)
+    (data / "speech_commands_test_set_v0.01").mkdir()
+    envs: list[dict[str, str]] = []
+    monkeypatch.delenv("USAD_FEATURE_CACHE_MB", raising=False)
+    monkeypatch.setattr(runner, "_stream", lambda cmd, log, env: envs.append(env) or 1)
+    for budget in (0.0, 64.0):
+        run = runner.SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=tmp_path / f"runs{budget}",
+                               feature_cache_mb=budget)
+        with pytest.raises(runner.RecipeError):
+            runner.run_superb(run)
+    assert "USAD_FEATURE_CACHE_MB" not in envs[0] and envs[1]["USAD_FEATURE_CACHE_MB"] == "64.0"
+
+
 def test_failed_stage_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"
     (data / "speech_commands_v0.01").mkdir(parents=True)

@@ -387,7 +387,8 @@ class Demo:
                 "distill min clip seconds": DISTILL_MIN_SECONDS,
                 "distill precision": self.distill_precision,
                 "distill speech share (the paper's Mix126k-B)": round(PAPER_SPEECH_SHARE, 4),
-                "SUPERB steps": b.superb_steps, "SUPERB feature cache MB": SUPERB_FEATURE_CACHE_MB, "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate,
+                "SUPERB steps": b.superb_steps, "SUPERB feature cache MB": SUPERB_FEATURE_CACHE_MB,
+                "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate,
                 "HEAR grid": f"{b.hear_grid} ({b.hear_grid_points} points)",
                 "stage seconds": self.timings}
 
