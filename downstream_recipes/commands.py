@@ -85,13 +85,12 @@ def add_hear_run(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _megabytes(text: str) -> float:
+    from usad_upstream.upstream.cache import parse_megabytes  # imports s3prl: only when the flag is given
+
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of megabytes >= 0, got {text!r}")
-    return value
+        return parse_megabytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -23,8 +23,19 @@ FEATURE_CACHE_ENV = "USAD_FEATURE_CACHE_MB"
 Features = dict[str, object]
 
 
+def parse_megabytes(text: str) -> float:
+    """A cache budget in megabytes: a finite number >= 0 (ValueError otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"expected a number of megabytes >= 0, got {text!r}")
+    return value
+
+
 def _key(wav: torch.Tensor) -> bytes:
-    data = wav.detach().cpu().contiguous().numpy().tobytes()
+    data = wav.detach().cpu().contiguous().numpy()  # hashed through the buffer, no copy
     return hashlib.blake2b(data, digest_size=16).digest() + str(wav.dtype).encode()
 
 
@@ -65,5 +76,6 @@ class FeatureCache:
         hidden = [h[0] for h in features["hidden_states"]]
         last = features["last_hidden_state"]
         last = None if last is features["hidden_states"][-1] else last[0]
-        self.used_bytes += sum(t.numel() * t.element_size() for t in [*hidden, *([] if last is None else [last])])
+        kept = hidden if last is None else [*hidden, last]
+        self.used_bytes += sum(t.numel() * t.element_size() for t in kept)
         self._store[key] = (hidden, last)

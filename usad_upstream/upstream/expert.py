@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..checkpoint import HOW_TO_GET, CheckpointError, load_model
 from ..compat import patch_s3prl
-from .cache import FEATURE_CACHE_ENV, FeatureCache
+from .cache import FEATURE_CACHE_ENV, FeatureCache, parse_megabytes
 
 patch_s3prl()
 
@@ -32,11 +32,9 @@ def feature_cache() -> FeatureCache:
     """The feature cache USAD_FEATURE_CACHE_MB asks for (unset or 0: none)."""
     text = os.environ.get(FEATURE_CACHE_ENV, "").strip() or "0"
     try:
-        megabytes = float(text)
+        megabytes = parse_megabytes(text)
     except ValueError:
-        megabytes = -1.0
-    if not 0 <= megabytes < float("inf"):
-        raise UsadUpstreamError(f"{FEATURE_CACHE_ENV}={text!r}: expected a number of megabytes >= 0")
+        raise UsadUpstreamError(f"{FEATURE_CACHE_ENV}={text!r}: expected a number of megabytes >= 0") from None
     return FeatureCache(int(megabytes * 2**20))
 
 
