@@ -20,7 +20,7 @@ $(STAMP): requirements/constraints.txt setup.cfg pyproject.toml
 # `make demo` (<= 40 min on 2 cores), `make demo QUICK=1` (<= 10 min), `make demo FORCE=1` (rebuild all).
 # Finished stages are skipped on rerun; logs per stage under runs/demo[-quick]/logs/.
 demo: setup
-	$(PY) -m usad_upstream.cli demo run $(if $(QUICK),--quick) $(if $(FORCE),--force)
+	$(PY) -m downstream_recipes.cli demo run $(if $(QUICK),--quick) $(if $(FORCE),--force)
 
 test: setup
 	$(PY) -m pytest -q tests

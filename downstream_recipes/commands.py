@@ -4,8 +4,8 @@
     usad hear run --module hear_api --model CKPT --tasks-dir DIR [--grid fast|default]
     usad leaderboard RUNS_DIR -o OUT_DIR
 
-`usad hear run` lives in the `hear` group that usad_upstream/hear.py creates; that module calls
-`add_hear_run()` below to attach it.
+`usad hear run` joins the `hear` group that usad_upstream/hear.py creates (the library's
+validate / embed / predict); `register` below attaches it.
 """
 from __future__ import annotations
 
@@ -94,7 +94,11 @@ def _megabytes(text: str) -> float:
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from usad_upstream.cli import subcommands
+
     from .superb.recipes import RECIPES
+
+    add_hear_run(subcommands(sub, "hear"))
 
     superb = sub.add_parser("superb", help="SUPERB tasks through s3prl's run_downstream")
     commands = superb.add_subparsers(dest="superb_command", required=True, metavar="SUPERB_COMMAND")

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from usad_upstream.cli import main
+from downstream_recipes.cli import main
 
 
 def test_init_then_info(tmp_path, capsys):
@@ -14,7 +14,7 @@ def test_init_then_info(tmp_path, capsys):
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "usad_upstream.cli", "info", str(tmp_path / "missing.safetensors")],
+        [sys.executable, "-m", "downstream_recipes.cli", "info", str(tmp_path / "missing.safetensors")],
         capture_output=True, text=True,
     )
     assert result.returncode == 2

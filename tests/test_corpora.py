@@ -175,7 +175,7 @@ def test_demo_teacher_is_the_same_for_the_same_seed(corpora: Path, tmp_path: Pat
 
     def train(name: str, seed: int) -> dict:
         out = tmp_path / f"{name}.ckpt"
-        cmd = [sys.executable, "-m", "usad_upstream.cli", "demo", "teacher", "audio", "--corpora", str(corpora),
+        cmd = [sys.executable, "-m", "downstream_recipes.cli", "demo", "teacher", "audio", "--corpora", str(corpora),
                "-o", str(out), "--steps", "3", "--batch", "2", "--seed", str(seed), "--threads", "1"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

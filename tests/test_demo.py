@@ -16,7 +16,7 @@ from downstream_recipes.demo.pipeline import MODELS, QUICK
 
 
 def _demo(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "usad_upstream.cli", "demo", "run", "--quick", "--run-dir", str(run_dir), "--results", str(results)]
+    cmd = [sys.executable, "-m", "downstream_recipes.cli", "demo", "run", "--quick", "--run-dir", str(run_dir), "--results", str(results)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from usad_upstream.cli import main
+from downstream_recipes.cli import main
 from usad_upstream.distill.data import (
     BatchPlanner,
     DataConfig,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 
 from usad_upstream import build_model, load_model, save_checkpoint
-from usad_upstream.cli import main
+from downstream_recipes.cli import main
 from usad_upstream.distill.cache import TargetCache, build_cache
 from usad_upstream.distill.config import load_config
 from usad_upstream.distill.data import DataConfig, build_manifest, read_manifest, write_manifest

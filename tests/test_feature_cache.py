@@ -82,6 +82,6 @@ def test_bad_budget_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tiny_che
         monkeypatch.setenv(FEATURE_CACHE_ENV, text)
         with pytest.raises(UsadUpstreamError, match=f"{FEATURE_CACHE_ENV}='{text}': expected a number of megabytes"):
             usad(str(tiny_checkpoint))
-    proc = subprocess.run([sys.executable, "-m", "usad_upstream.cli", "superb", "run", "--task", "KS", "-u", "fbank",
+    proc = subprocess.run([sys.executable, "-m", "downstream_recipes.cli", "superb", "run", "--task", "KS", "-u", "fbank",
                            "--data", ".", "--feature-cache-mb", "-1"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "--feature-cache-mb: expected a number of megabytes >= 0, got '-1'" in proc.stderr

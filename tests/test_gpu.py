@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from usad_upstream import load_model
-from usad_upstream.cli import main
+from downstream_recipes.cli import main
 from usad_upstream.distill.data import build_manifest, write_manifest
 from usad_upstream.teachers.fixtures import write_atst_checkpoint, write_wavlm_checkpoint
 

@@ -29,7 +29,7 @@ FAST_GRID = {
 def _usad(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     return subprocess.run(
-        [sys.executable, "-m", "usad_upstream.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "downstream_recipes.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=300,
     )
 

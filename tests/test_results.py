@@ -237,7 +237,7 @@ def test_run_status_detects_a_killed_run() -> None:
 
 
 def test_leaderboard_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from usad_upstream.cli import main
+    from downstream_recipes.cli import main
 
     write_classification_expdir(tmp_path / "runs" / "ks-fbank", dev=[(10, 0.3)], test=[(10, 0.25)])
     assert main(["leaderboard", str(tmp_path / "runs"), "-o", str(tmp_path / "out"), "--published", "none"]) == 0

@@ -1,7 +1,9 @@
-"""The `usad` command. Subcommands are thin: they parse arguments and call library functions.
+"""The library's subcommands of the `usad` command, and the machinery that assembles it.
 
 Each feature module contributes its subcommands through `register(subparsers)`; imports of heavy
-libraries stay inside the handlers so `usad --help` is instant.
+libraries stay inside the handlers so `usad --help` is instant. This module names library modules
+only: the full `usad` command (with the recipes' corpora / superb / demo commands) is assembled in
+downstream_recipes/cli.py, which sees both layers. `python -m usad_upstream.cli` is the library part.
 """
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import importlib
 import sys
 from typing import Sequence
 
-# Modules that add subcommands (each defines `register(subparsers)`).
-COMMAND_MODULES: list[str] = ["usad_upstream.bench", "usad_upstream.hear", "usad_upstream.distill.commands", "downstream_recipes.corpora.commands", "downstream_recipes.commands", "downstream_recipes.demo.commands"]
+# Library modules that add subcommands (each defines `register(subparsers)`).
+LIBRARY_COMMANDS: tuple[str, ...] = ("usad_upstream.bench", "usad_upstream.hear", "usad_upstream.distill.commands")
 
 
 class UsageError(ValueError):
@@ -55,17 +57,27 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.set_defaults(func=_info)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def subcommands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str) -> "argparse._SubParsersAction[argparse.ArgumentParser]":
+    """The subcommand group of command `name` (e.g. `hear`), so a later module can add to it."""
+    parser = sub.choices[name]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise ValueError(f"`usad {name}` has no subcommands to add to")
+
+
+def build_parser(modules: Sequence[str] = LIBRARY_COMMANDS) -> argparse.ArgumentParser:
+    """The `usad` parser with this module's commands and those of `modules`, in order."""
     parser = argparse.ArgumentParser(prog="usad", description="USAD toolkit: models, distillation, benchmarks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(sub)
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
-def main(argv: "Sequence[str] | None" = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: "Sequence[str] | None" = None, modules: Sequence[str] = LIBRARY_COMMANDS) -> int:
+    args = build_parser(modules).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as exc:

@@ -3,7 +3,7 @@
     usad hear validate --model CKPT [--module hear_api] [--device cpu]
     usad hear embed   <args of python -m heareval.embeddings.runner>   e.g. hear_api --model CKPT --tasks-dir tasks
     usad hear predict <args of python -m heareval.predictions.runner>  e.g. embeddings/hear_api/TASK --grid faster
-    usad hear run --module hear_api --model CKPT --tasks-dir DIR   (downstream_recipes/hear: every task, resumable)
+    usad hear run --module hear_api --model CKPT --tasks-dir DIR   (added by downstream_recipes: every task, resumable)
 
 `embed` and `predict` pass every argument through unchanged to heareval's click commands, so
 their options and defaults are heareval's (`usad hear embed --help` prints heareval's help).
@@ -107,8 +107,3 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         )
         p.add_argument("heareval_args", nargs=argparse.REMAINDER, help=f"arguments for {tool}")
         p.set_defaults(func=func)
-
-    # `usad hear run`: the benchmark recipe (all tasks of a tasks dir) from downstream_recipes.
-    from downstream_recipes.commands import add_hear_run
-
-    add_hear_run(commands)

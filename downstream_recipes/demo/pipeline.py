@@ -159,7 +159,7 @@ class Demo:
 
     # ------------------------------------------------------------------ bookkeeping
     def usad(self, *args: object) -> list[str]:
-        return [self.python, "-m", "usad_upstream.cli", *map(str, args)]
+        return [self.python, "-m", "downstream_recipes.cli", *map(str, args)]
 
     def marker(self, stage: str) -> Path:
         return self.done / f"{stage}.json"
