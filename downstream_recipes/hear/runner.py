@@ -11,6 +11,7 @@ USAD checkpoint, hearbaseline's wrappers, ...).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class HearRun:
     grid_points: int = 8  # heareval's --grid-points: how many points of the grid are tried
     tasks: tuple[str, ...] = ()  # task directory names; empty: every task in tasks_dir
     model_options: dict = field(default_factory=dict)
+    trust_remote_code: bool = False  # hear_api on a release snapshot: let its own code run
 
     @property
     def model_name(self) -> str:
@@ -101,18 +103,27 @@ def run_hear(run: HearRun) -> Path:
         raise ValueError(f"--grid must be one of {', '.join(GRIDS)}, got {run.grid!r}")
     if run.grid_points < 1:
         raise ValueError(f"--grid-points must be >= 1, got {run.grid_points}")
-    if run.model is not None and not Path(run.model).is_file():
-        raise ValueError(f"--model {run.model}: file not found")
+    model, ckpt_hash = None, ""
+    if run.model is not None and run.module == "hear_api":  # any form the library resolves (file, snapshot, hub id)
+        from usad_upstream.release import TRUST_ENV, resolve_checkpoint
+
+        resolved = resolve_checkpoint(run.model)
+        model, ckpt_hash = str(resolved.path.resolve()), "+".join(file_hash(p) for p in resolved.hash_files)
+        if run.trust_remote_code:
+            os.environ[TRUST_ENV] = "1"  # heareval's runner calls hear_api.load_model in this process
+    elif run.model is not None:
+        if not Path(run.model).is_file():
+            raise ValueError(f"--model {run.model}: file not found")
+        model, ckpt_hash = str(Path(run.model).resolve()), file_hash(run.model)
     tasks = task_dirs(run.tasks_dir, run.tasks)
     run_dir = run.run_dir
-    ckpt_hash = file_hash(run.model) if run.model else ""
     manifest = read_manifest(run_dir)
     if manifest is not None and (manifest.get("module"), manifest.get("checkpoint_hash")) != (run.module, ckpt_hash):
         raise ValueError(f"{run_dir} holds a run of {manifest.get('module')!r} (checkpoint "
                          f"{manifest.get('checkpoint_hash')!r}); pick another --name")
     if manifest is None:
         manifest = {"benchmark": HEAR, "model": run.model_name, "module": run.module,
-                    "checkpoint": str(Path(run.model).resolve()) if run.model else None,
+                    "checkpoint": model,
                     "checkpoint_hash": ckpt_hash, "tasks_dir": str(Path(run.tasks_dir).resolve()),
                     "embeddings_dir": run.embeddings_subdir, "grid": run.grid, "grid_points": run.grid_points, "created": now(), "tasks": {}}
     for task_dir in tasks:
@@ -134,8 +145,8 @@ def run_hear(run: HearRun) -> Path:
         try:
             embed_args = [run.module, "--tasks-dir", str(Path(run.tasks_dir).resolve()), "--task", task_dir.name,
                           "--embeddings-dir", str(embed_root), "--model-options", json.dumps(run.model_options)]
-            if run.model is not None:
-                embed_args += ["--model", str(Path(run.model).resolve())]
+            if model is not None:
+                embed_args += ["--model", model]
             rc = run_embeddings_runner(embed_args)
             if rc != 0:
                 raise RuntimeError(f"heareval embeddings runner exit status {rc}")

@@ -45,6 +45,7 @@ class SuperbRun:
     workers: "int | None" = None
     override: "str | None" = None  # extra s3prl -o text, appended last
     feature_cache_mb: float = 0.0  # usad/usad_teacher upstreams: per-file feature cache budget
+    trust_remote_code: bool = False  # usad upstream on a release snapshot: let its own code run
     python: str = sys.executable
 
     @property
@@ -120,7 +121,22 @@ class _Stages:
         write_manifest(self.run.expdir, self.manifest)
 
 
-def _open_manifest(run: SuperbRun, ckpt_hash: str) -> dict:
+def _checkpoint(run: SuperbRun) -> tuple["str | None", str]:
+    """(-k for s3prl, its hash): the usad upstreams take any form the library resolves (a file,
+    a release snapshot, a hub id: hashed over config.json + weights); other upstreams a file."""
+    if run.upstream_ckpt is None:
+        return None, ""
+    if run.upstream in ("usad", "usad_local"):
+        from usad_upstream.release import resolve_checkpoint
+
+        resolved = resolve_checkpoint(run.upstream_ckpt)
+        return str(resolved.path.resolve()), "+".join(file_hash(p) for p in resolved.hash_files)
+    if not Path(run.upstream_ckpt).is_file():
+        raise ValueError(f"upstream checkpoint not found: {run.upstream_ckpt}")
+    return str(Path(run.upstream_ckpt).resolve()), file_hash(run.upstream_ckpt)
+
+
+def _open_manifest(run: SuperbRun, ckpt: "str | None", ckpt_hash: str) -> dict:
     old = read_manifest(run.expdir)
     if old is not None:
         same = (old.get("upstream"), old.get("checkpoint_hash")) == (run.upstream, ckpt_hash)
@@ -132,7 +148,7 @@ def _open_manifest(run: SuperbRun, ckpt_hash: str) -> dict:
         return old
     return {
         "benchmark": SUPERB, "task": run.recipe.task, "model": run.model_name, "upstream": run.upstream,
-        "checkpoint": str(run.upstream_ckpt.resolve()) if run.upstream_ckpt else None, "checkpoint_hash": ckpt_hash,
+        "checkpoint": ckpt, "checkpoint_hash": ckpt_hash,
         "data": str(Path(run.data).resolve()), "config": str(run.recipe.config), "steps": run.steps,
         "created": now(), "stages": {s: {"status": "pending"} for s in STAGES},
     }
@@ -171,16 +187,18 @@ def run_superb(run: SuperbRun) -> Path:
     data = Path(run.data)
     if not data.is_dir():
         raise ValueError(f"--data {data}: not a directory")
-    if run.upstream_ckpt is not None and not Path(run.upstream_ckpt).is_file():
-        raise ValueError(f"upstream checkpoint not found: {run.upstream_ckpt}")
+    ckpt, ckpt_hash = _checkpoint(run)
     expdir = run.expdir
-    ckpt_hash = file_hash(run.upstream_ckpt) if run.upstream_ckpt else ""
-    stages = _Stages(run, _open_manifest(run, ckpt_hash))
+    stages = _Stages(run, _open_manifest(run, ckpt, ckpt_hash))
     overrides = _overrides(run, recipe.data(data.resolve(), expdir))  # checks the data layout first
     expdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if recipe.task == "SID":
         env[CACHE_ENV] = str(expdir / "s3prl_cache")
+    if run.trust_remote_code:
+        from usad_upstream.release import TRUST_ENV
+
+        env[TRUST_ENV] = "1"
     if run.feature_cache_mb:
         from usad_upstream.upstream.cache import FEATURE_CACHE_ENV  # imports s3prl: only when asked
 
@@ -207,8 +225,8 @@ def run_superb(run: SuperbRun) -> Path:
         else:
             cmd = [*entry, "-m", "train", "-u", run.upstream, "-d", recipe.expert, "-c", str(recipe.config),
                    "-p", str(expdir), "-o", overrides, *device]
-            if run.upstream_ckpt:
-                cmd += ["-k", str(Path(run.upstream_ckpt).resolve())]
+            if ckpt:
+                cmd += ["-k", ckpt]
         stage("train", [cmd], train_log)
         stages.set("train", "done")
 

@@ -4,6 +4,7 @@
     build_teacher({"kind": "atst_frame", "path": "atstframe_base.ckpt"})
     build_teacher({"kind": "s3prl", "name": "hubert", "ckpt": None})
     build_teacher({"kind": "usad", "path": "student.safetensors", "target": "hidden_states"})
+    build_teacher({"kind": "usad", "path": "MIT-SLS/USAD-Base", "trust_remote_code": True})
 """
 from __future__ import annotations
 
@@ -51,10 +52,16 @@ def _s3prl(spec: Mapping[str, Any]) -> Teacher:
 
 
 def _usad(spec: Mapping[str, Any]) -> Teacher:
-    from ..checkpoint import load_model
+    """Any checkpoint form usad_upstream.release resolves: our .safetensors, a release snapshot or
+    hub id (its own code: trust_remote_code), an export; target_layer stops after that block."""
+    from ..release import load_encoder
     from .usad import UsadTeacher
 
-    return UsadTeacher(load_model(_path(spec, "usad")), target=spec.get("target", "ffn"))
+    if not spec.get("path"):
+        raise ValueError("teacher kind 'usad' needs 'path' (a .safetensors file, a release snapshot directory or a hub id)")
+    encoder = load_encoder(str(spec["path"]), trust_remote_code=bool(spec.get("trust_remote_code", False)),
+                           target_layer=spec.get("target_layer"))
+    return UsadTeacher(encoder, target=spec.get("target", "ffn"))
 
 
 # kind -> (builder, the spec fields it reads besides 'kind')
@@ -62,7 +69,7 @@ KINDS: dict[str, tuple[Callable[[Mapping[str, Any]], Teacher], set[str]]] = {
     "wavlm": (_wavlm, {"path", "target", "trust_pickle"}),
     "atst_frame": (_atst_frame, {"path", "target", "trust_pickle", "chunk_frames"}),
     "s3prl": (_s3prl, {"name", "ckpt", "target", "include_input_layer", "batched", "extra_conf"}),
-    "usad": (_usad, {"path", "target"}),
+    "usad": (_usad, {"path", "target", "trust_remote_code", "target_layer"}),
 }
 
 

@@ -6,7 +6,6 @@ table that run_downstream's Runner, `hub.options()` and `s3prl.nn.S3PRLUpstream`
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import HOW_TO_GET
@@ -15,9 +14,10 @@ from .teacher_expert import UpstreamBase, usad_teacher
 
 
 def usad(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None" = None, **kwargs: object) -> UpstreamExpert:
-    """USAD student from a local .safetensors checkpoint (ours or the released weights).
+    """USAD from our .safetensors, a release snapshot directory or a hub id (see the expert).
 
-    `refresh` and other s3prl hub options are accepted and ignored: nothing is downloaded.
+    `refresh` and other s3prl hub options are accepted and ignored; a hub id is looked up in the
+    Hugging Face cache first. Options: target_layer, trust_remote_code (S3PRLUpstream extra_conf).
     """
     kwargs.pop("refresh", None)
     if not ckpt:
@@ -25,12 +25,7 @@ def usad(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None
             "the usad upstream needs a checkpoint: pass -k/--upstream_ckpt PATH to run_downstream.py or "
             f"path_or_url=PATH to S3PRLUpstream; {HOW_TO_GET}"
         )
-    text = str(ckpt)
-    if "://" in text:
-        raise UsadUpstreamError(f"usad upstream: {text} is a URL; download the .safetensors file first and pass its path")
-    if not Path(text).is_file():
-        raise UsadUpstreamError(f"usad upstream: checkpoint not found: {text}; {HOW_TO_GET}")
-    return UpstreamExpert(text, model_config=model_config, **kwargs)
+    return UpstreamExpert(str(ckpt), model_config=model_config, **kwargs)
 
 
 def usad_local(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None" = None, **kwargs: object) -> UpstreamExpert:
