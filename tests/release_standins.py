@@ -14,13 +14,13 @@ from usad_upstream.release.fixtures import write_standin_snapshot
 @pytest.fixture(scope="session")
 def standin_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """USAD v1 layout: modeling_usad.py -> usad_model.py -> usad_modules.py, 50 Hz, 2 blocks of 192."""
-    return write_standin_snapshot(tmp_path_factory.mktemp("release") / "USAD-standin", generation=1, seed=3)
+    return write_standin_snapshot(tmp_path_factory.mktemp("release") / "USAD-standin", generation=1, seed=3, num_layers=2)
 
 
 @pytest.fixture(scope="session")
 def standin_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A USAD 2.0-style layout: other file names, model_type usad2, 25 Hz."""
-    return write_standin_snapshot(tmp_path_factory.mktemp("release") / "USAD2-standin", generation=2, seed=4)
+    return write_standin_snapshot(tmp_path_factory.mktemp("release") / "USAD2-standin", generation=2, seed=4, num_layers=2)
 
 
 def copy_snapshot(source: Path, target: Path) -> Path:

@@ -163,6 +163,16 @@ def test_padded_batch_gives_each_item_what_it_gets_alone(standin_v1: Path) -> No
     assert leaked > 1e-3, leaked  # so the grouping above is what makes the short items right
 
 
+def test_fp32_unless_lower_precision_is_asked_for(standin_v1: Path) -> None:
+    wav = speech_like(1.0)[None]
+    fp32 = load_encoder(standin_v1, trust_remote_code=True)
+    bf16 = load_encoder(standin_v1, trust_remote_code=True, autocast_dtype=torch.bfloat16)
+    with torch.inference_mode():
+        a, b = fp32(wav)["x"], bf16(wav)["x"]
+    assert a.dtype == torch.float32 and b.dtype == torch.bfloat16
+    assert 0 < float((a - b.float()).abs().max()) < 0.1 * float(a.abs().max())
+
+
 def test_hidden_states_with_the_embedding_first_are_mapped_too(standin_v1: Path) -> None:
     snap = resolve_checkpoint(standin_v1).snapshot
     h = [torch.full((1, 5, 3), float(i)) for i in range(3)]
@@ -300,3 +310,15 @@ def test_usad_info_shows_a_release_without_running_it(standin_v2: Path) -> None:
     assert f"parameters: {n:,} (safetensors header)" in result.stdout
     checked = _usad(["info", str(standin_v2), "--trust-remote-code"])  # a fresh process: compat before the release's torchaudio
     assert checked.returncode == 0 and f"loads through its own code: {n:,} parameters" in checked.stdout, checked.stderr
+
+
+def test_bench_reports_the_release_backend_beside_the_native_model(tmp_path: Path) -> None:
+    from usad_upstream.bench import run_bench
+
+    record = run_bench(models=["usad_tiny", "release_tiny"], batches=[2], clip_seconds=1.0, lengths=[], sweep_models=[],
+                       distill_sizes=[], repeats=1, threads=1, workdir=tmp_path, hear_minutes=0)
+    rows = {r["model"]: r for r in record["throughput"]}
+    assert rows["release_tiny"]["params"] == sum(t.numel() for t in load_file(
+        str(tmp_path / "release_standin_tiny" / "model.safetensors")).values())
+    assert rows["usad_tiny"]["params"] == rows["release_tiny"]["params"]  # same sizes, two code bases
+    assert all(r["audio_s_per_s"] > 0 for r in rows.values())

@@ -128,7 +128,7 @@ class ReleaseEncoder(nn.Module):
         self.autocast_dtype = autocast_dtype
         self.config = ReleaseSizes(snapshot.size("encoder_dim"), target_layer or layers,
                                    snapshot.size("num_attention_heads"), snapshot.directory.name)
-        self._first_block = _first_block(release, layers)
+        self._block_one = (_first_block(release, layers),)  # a tuple: not registered as a submodule twice
 
     @property
     def downsample_rate(self) -> int:
@@ -158,7 +158,7 @@ class ReleaseEncoder(nn.Module):
         kwargs = {} if self.target_layer is None else {"target_layer": self.target_layer}
         autocast = (torch.autocast(wavs.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else contextlib.nullcontext())
-        with _capture_inputs(self._first_block) as block_inputs, autocast:
+        with _capture_inputs(self._block_one[0]) as block_inputs, autocast:
             try:
                 out = self.release(wavs, **kwargs)
             except TypeError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..presets import PRESETS
 from .resolve import read_snapshot
 
 STANDIN = Path(__file__).parent / "standin"
@@ -18,13 +19,14 @@ FILES = ("configuration_usad.py", "modeling_usad.py", "usad_model.py", "usad_mod
 # nothing downstream can rely on names.
 V2_NAMES = {"configuration_usad": "configuration_usad2", "modeling_usad": "modeling_usad2",
             "usad_model": "usad2_model", "usad_modules": "usad2_modules"}
-SIZES = {"tiny": (192, 2, 4), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
 LICENCES = {1: "bsd-3-clause", 2: "cc-by-nc-sa-4.0"}
 
 
 def standin_config(generation: int = 1, size: str = "tiny", **overrides: object) -> dict:
-    """config.json of a stand-in: RELEASED.md's fields (USAD-Large's values) at the chosen size."""
-    dim, layers, heads = SIZES[size]
+    """config.json of a stand-in: RELEASED.md's fields (USAD-Large's values) at the size of one of
+    our presets (tiny, small, base, large); `overrides` replace fields (e.g. num_layers=2)."""
+    preset = PRESETS[size]
+    dim, layers, heads = preset.dim, preset.layers, preset.heads
     modeling, configuration = ("modeling_usad2", "configuration_usad2") if generation == 2 else ("modeling_usad", "configuration_usad")
     config = {
         "architectures": ["USADModel"],

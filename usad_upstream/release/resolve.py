@@ -124,6 +124,9 @@ def read_snapshot(directory: "str | Path") -> Snapshot:
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
+        if (directory / "checkpoints").is_dir():
+            raise ReleaseError(f"{directory}: a `usad distill` run directory, not a checkpoint; make one with "
+                               f"`usad export {directory} -o student.safetensors`")
         raise ReleaseError(f"{directory}: no config.json, so not a model snapshot (a student checkpoint is one "
                            ".safetensors file)")
     try:

@@ -22,6 +22,7 @@ class USADModel(PreTrainedModel):
     def __init__(self, config: USADConfig):
         super().__init__(config)
         self.model = UsadModel(UsadConfig.from_dict(config.usad_toolkit["config"]))
+        self.post_init()  # transformers' convention; from_pretrained then loads every weight
 
     def forward(self, wav: torch.Tensor, wav_lens: "torch.Tensor | None" = None, target_layer: "int | None" = None) -> dict:
         """wav [B, N] at 16 kHz (wav_lens: valid samples per item; padding is masked). target_layer
