@@ -1,4 +1,4 @@
-"""The one compatibility layer between this modern stack and torchaudio / s3prl / heareval.
+"""The one compatibility layer between this modern stack and torchaudio / s3prl / heareval / muq.
 
 Every patch checks first and only adds what is missing, so it is a no-op on stacks that work.
 """
@@ -58,6 +58,39 @@ def import_torchaudio() -> ModuleType:
         with _hide_native_libs(lib_dir):
             import torchaudio
         return torchaudio
+
+
+# --- muq (the MuQ teacher) -----------------------------------------------------------------------
+
+
+def import_muq() -> ModuleType:
+    """muq's SSL model subpackage `muq.muq` (MuQ, MuQConfig), without running `muq/__init__.py`.
+
+    muq 0.1.0's package init also imports MuQ-MuLan, whose text tower imports x_clip, which pulls
+    torchvision; PyPI's torchvision does not import beside this CPU torch wheel, and the SSL model
+    needs none of them (it needs einops, easydict, torchaudio, transformers, huggingface_hub). So
+    the package module is made from its spec without executing its init, `muq.muq` is imported
+    under it, and MuQ / MuQConfig are set on it so `from muq import MuQ` works as documented. A
+    `muq` already imported (fully, where x_clip works) is used as it is.
+    """
+    import_torchaudio()  # muq's feature module imports torchaudio at top level
+    added = "muq" not in sys.modules
+    if added:
+        spec = importlib.util.find_spec("muq")
+        if spec is None:
+            raise ImportError("the MuQ teacher needs the muq package: `make setup`, or pip install --no-deps muq==0.1.0 && pip install einops easydict")
+        sys.modules["muq"] = importlib.util.module_from_spec(spec)
+    try:
+        ssl = importlib.import_module("muq.muq")
+    except ImportError:
+        if added:
+            del sys.modules["muq"]
+        raise
+    package = sys.modules["muq"]
+    for name in ("MuQ", "MuQConfig"):
+        if not hasattr(package, name):
+            setattr(package, name, getattr(ssl, name))
+    return ssl
 
 
 # --- heareval / hear-validator -------------------------------------------------------------------
