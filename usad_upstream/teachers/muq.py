@@ -155,7 +155,8 @@ class MuQTeacher(Teacher):
             raise ValueError(f"audio too short for MuQ: item {i} has {int(lens[i])} samples, the minimum is {minimum} at 16 kHz")
         valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lens[:, None]
         wavs = wavs.masked_fill(~valid, 0.0)[:, : int(lens.max())]  # the resampler then sees zeros past each item
-        audio = import_torchaudio().functional.resample(wavs.float(), SAMPLE_RATE, MUQ_SAMPLE_RATE)
+        with torch.autocast(wavs.device.type, enabled=False):  # a bf16 waveform would lose 8% of the targets' precision
+            audio = import_torchaudio().functional.resample(wavs.float(), SAMPLE_RATE, MUQ_SAMPLE_RATE)
         frames = self.num_frames(lens_24k)
         layers = [audio.new_zeros(wavs.shape[0], int(frames.max()), self.dim) for _ in range(self.num_layers)]
         for n in sorted(set(lens_24k.tolist())):

@@ -117,7 +117,8 @@ class WhisperTeacher(Teacher):
             for window, (item, _, _, offset, frames) in enumerate(plan):
                 layers[index][item, offset : offset + frames] = hidden[window, :frames]
 
-        mel = self.features([wavs[item, start : start + samples] for item, start, samples, _, _ in plan])
+        with torch.autocast(wavs.device.type, enabled=False):  # log-mel in fp32 whatever the trainer's autocast
+            mel = self.features([wavs[item, start : start + samples] for item, start, samples, _, _ in plan])
         self._sink = sink
         try:
             final = self.encode(mel, torch.tensor([p[2] for p in plan], device=wavs.device))
