@@ -191,6 +191,21 @@ def test_import_muq_needs_no_x_clip() -> None:
             import muq.muq_mulan  # noqa: F401
 
 
+def test_muq_runs_beside_the_hear_tensorflow_stand_in(muq_dir: Path) -> None:
+    """Under heareval (hear_api.teacher with a MuQ spec) `tensorflow` is compat's stand-in, and
+    einops, seeing it in sys.modules, asks it for tf.Tensor before it tries torch."""
+    import einops._backends as backends
+
+    from usad_upstream import compat
+
+    teacher = build_teacher({"kind": "muq", "path": str(muq_dir)})
+    wavs, lens = batch(0.6)
+    expected = teacher(wavs, lens).layers[-1]
+    with mock.patch.dict(sys.modules, {"tensorflow": compat._tensorflow_stand_in()}), \
+            mock.patch.dict(backends._type2backend, clear=True), mock.patch.dict(backends._loaded_backends, clear=True):
+        torch.testing.assert_close(teacher(wavs, lens).layers[-1], expected, rtol=0, atol=0)
+
+
 # --- Whisper -------------------------------------------------------------------------------------
 
 

@@ -100,8 +100,10 @@ def _tensorflow_stand_in() -> ModuleType:
     """A `tensorflow` module holding only what heareval and hear-validator touch for torch models.
 
     Both import TensorFlow at top level; for a torch model they only ask `isinstance(model,
-    tf.Module)` and, when torch sees a GPU, `tf.test.is_gpu_available()`. Anything else raises an
-    AttributeError saying TensorFlow is absent, so a real TF model fails loudly, not silently.
+    tf.Module)` and, when torch sees a GPU, `tf.test.is_gpu_available()`. einops (in the MuQ
+    teacher) sees `tensorflow` in sys.modules and asks `isinstance(x, (tf.Tensor, tf.Variable))`.
+    Anything else raises an AttributeError saying TensorFlow is absent, so a real TF model fails
+    loudly, not silently.
     """
     import importlib.machinery
 
@@ -113,6 +115,9 @@ def _tensorflow_stand_in() -> ModuleType:
 
     class Module:
         """No object is ever a tf.Module without TensorFlow, so heareval takes its torch path."""
+
+    class Tensor:
+        """No object is ever a tf.Tensor (or tf.Variable) without TensorFlow."""
 
     def is_gpu_available(cuda_only: bool = False, min_cuda_compute_capability: object = None) -> bool:
         # heareval refuses to run when torch sees a GPU that TF does not; without TF there is no
@@ -128,6 +133,7 @@ def _tensorflow_stand_in() -> ModuleType:
     test = ModuleType("tensorflow.test")
     test.is_gpu_available = is_gpu_available  # type: ignore[attr-defined]
     tf.Module = Module  # type: ignore[attr-defined]
+    tf.Tensor = tf.Variable = Tensor  # type: ignore[attr-defined]
     tf.test = test  # type: ignore[attr-defined]
     tf.__getattr__ = missing  # type: ignore[attr-defined]
     return tf
