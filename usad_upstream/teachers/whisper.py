@@ -19,9 +19,9 @@ all of it without a mask, so a padded batch gives each item what it gets alone.
 
 AF-Whisper. The same blocks and parameter names, but AF3 masks each window's padded frames in
 attention and average-pools the last block's output by 2 before the final LayerNorm (25 Hz: what
-its LLM reads). transformers 4.57 has no Audio Flamingo 3 class; its Qwen2AudioEncoder is exactly
-this encoder (AF3's own code is a copy of it), so that class runs it, with the mask built as
-Qwen2-Audio builds it. Intermediate layers are pooled the same way, so every layer is at 25 Hz.
+its LLM reads). transformers 4.57 has no Audio Flamingo 3 class; AF3's released code builds its
+encoder from a copy of transformers' Qwen2-Audio modelling file, so transformers' Qwen2AudioEncoder
+runs it here, with the mask built as Qwen2-Audio (and AF3's sound tower) build it. Intermediate layers are pooled the same way, so every layer is at 25 Hz.
 Weights are read from any transformers-style folder by key prefix (e.g. `audio_tower.` in
 nvidia/audio-flamingo-3-hf), found automatically when only one encoder is in the files.
 
