@@ -178,7 +178,7 @@ class Manifest:
         self.offsets[1:] = ends - np.arange(len(paths))
         self.blob = raw[raw != 10]
         self.num_samples = np.asarray(num_samples, dtype=np.int64)
-        self.sample_rate = np.asarray(sample_rate, dtype=np.int64)
+        self.sample_rate = np.asarray(sample_rate, dtype=np.int32)
         self.domain = np.asarray(domain, dtype=np.int8)  # index into DOMAINS
 
     @classmethod
@@ -269,7 +269,7 @@ def _parse_manifest(path: Path) -> Manifest:
                 row = int(np.argmax(domain.isna().to_numpy()))
                 raise ValueError(f"{path}:{first_row + row}: domain must be one of {list(DOMAINS)}, got {df['domain'].iloc[row]!r}")
             parts.append(Manifest(df["path"].tolist(), numbers["num_samples"].to_numpy(np.int64),
-                                  numbers["sample_rate"].to_numpy(np.int64), domain.to_numpy(np.int8)))
+                                  numbers["sample_rate"].to_numpy(np.int32), domain.to_numpy(np.int8)))
             first_row += len(df)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{path}: not a tab-separated manifest ({exc})") from None
@@ -527,7 +527,7 @@ class BatchPlanner:
             index, start, frames = units, np.zeros_like(units), m.num_samples[units]
         else:
             index, start, frames = self.unit_index[units], self.unit_start[units], self.unit_frames[units]
-        sr = m.sample_rate[index]
+        sr = m.sample_rate[index].astype(np.int64)
         if self.config.crop == "random":
             longest = (self.config.max_seconds * sr).astype(np.int64)
             if rng is not None:

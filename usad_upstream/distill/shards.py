@@ -9,16 +9,17 @@ processes, recomputes the same plan instead of replaying a stream. WebDataset ke
 inside the tars, so lengths and domains are known only after reading the shards, and its
 pipelines (like lhotse 1.33's samplers) resume by replaying.
 
-A shard directory (written with lhotse's SharWriter; `lhotse.CutSet.from_shar(in_dir=DIR)`
-reads it):
-  cuts.000000.jsonl.gz      one MonoCut per clip; custom: domain, source (the original file)
-  recording.000000.tar      <cut id>.flac (16 kHz mono, 16-bit FLAC) + <cut id>.json, per cut
-  recording.000000.tar.idx  little-endian uint64 offset of each cut's first tar header, then the
-                            file size: the index layout of lhotse's indexed Shar reader (its 2.0
-                            branch); the trainer reads a clip with one positioned read
-  parts/000000.npy          (num_samples, domain) per cut, gathered into index/ when all are done
-  index/                    num_samples, domain and shard bounds of every cut (memory-mapped)
-  usad_shards.json          what was built (manifests, seed, shard size); a resumed build must match
+An output directory OUT holds a Lhotse Shar directory, written with lhotse's SharWriter and
+read by `lhotse.CutSet.from_shar(in_dir=OUT/shar)`, and our index of it beside (lhotse 1.33
+takes every file in a Shar directory for a field, so nothing else may live there):
+  shar/cuts.000000.jsonl.gz       one MonoCut per clip; custom: domain, source (the original file)
+  shar/recording.000000.tar       <cut id>.flac (16 kHz mono, 16-bit FLAC) + <cut id>.json, per cut
+  index/recording.000000.tar.idx  little-endian uint64 offset of each cut's first tar header, then
+                                  the file size: the index layout of lhotse's indexed Shar reader
+                                  (its 2.0 branch); the trainer reads a clip with one positioned read
+  index/parts/000000.npy          (num_samples, domain) per cut, gathered into index/columns/ at the end
+  index/columns/                  num_samples, domain and shard bounds of every cut (memory-mapped)
+  usad_shards.json                what was built (manifests, seed, shard size); a resumed build must match
 
 Clips are shuffled (seeded) before they are cut into shards, so a shard is a random sample of
 the whole pool; the planner's micro-batches read from anywhere, one clip per read.
@@ -88,7 +89,8 @@ def _write_shard(out_dir: str, shard: int, rows: list[tuple[int, str, int]]) -> 
 
     _use_libsndfile()
     out, name = Path(out_dir), f"{shard:06d}"
-    tmp = out / f".tmp-{name}"
+    shar, index_dir = out / "shar", out / "index"
+    tmp = index_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     counts, meta = Counter(), []
@@ -113,19 +115,17 @@ def _write_shard(out_dir: str, shard: int, rows: list[tuple[int, str, int]]) -> 
             writer.write(cut)
             meta.append((wav.shape[0], domain))
             counts["clips"] += 1
-    (out / "parts").mkdir(exist_ok=True)
-    parts = np.asarray(meta, dtype=np.int64).reshape(-1, 2)
-    np.save(tmp / "part.npy", parts)
+    np.save(tmp / "part.npy", np.asarray(meta, dtype=np.int64).reshape(-1, 2))
     tar = tmp / f"recording.{name}.tar"
     if meta:
         index = tar_index(tar)
-        os.replace(tmp / f"cuts.{name}.jsonl.gz", out / f"cuts.{name}.jsonl.gz")
-        os.replace(tar, out / tar.name)
+        os.replace(tmp / f"cuts.{name}.jsonl.gz", shar / f"cuts.{name}.jsonl.gz")
+        os.replace(tar, shar / tar.name)
     else:  # nothing readable: no cuts, no tar (lhotse sees one shard fewer), an empty index
         index = np.zeros(1, dtype="<u8")
-    os.replace(tmp / "part.npy", out / "parts" / f"{name}.npy")
+    os.replace(tmp / "part.npy", index_dir / "parts" / f"{name}.npy")
     index.tofile(tmp / "idx")
-    os.replace(tmp / "idx", out / f"recording.{name}.tar.idx")
+    os.replace(tmp / "idx", index_dir / f"recording.{name}.tar.idx")
     shutil.rmtree(tmp)
     return counts
 
@@ -162,9 +162,11 @@ def build_shards(
     else:
         out.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec, indent=2))
+    for d in (out / "shar", out / "index" / "parts"):
+        d.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(entries))
     num_shards = -(-len(entries) // shard_size)
-    todo = [k for k in range(num_shards) if not (out / f"recording.{k:06d}.tar.idx").is_file()]
+    todo = [k for k in range(num_shards) if not (out / "index" / f"recording.{k:06d}.tar.idx").is_file()]
     counts = Counter(shards=num_shards, shards_before=num_shards - len(todo))
 
     def rows(k: int) -> list[tuple[int, str, int]]:
@@ -189,9 +191,9 @@ def build_shards(
             counts.update(_write_shard(str(out), k, rows(k)))
             bar.update(1)
     bar.close()
-    parts = [np.load(out / "parts" / f"{k:06d}.npy") for k in range(num_shards)]
-    index = out / "index"
-    tmp = out / "index.tmp"
+    parts = [np.load(out / "index" / "parts" / f"{k:06d}.npy") for k in range(num_shards)]
+    index = out / "index" / "columns"
+    tmp = out / "index" / "columns.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     np.save(tmp / "num_samples.npy", np.concatenate([p[:, 0] for p in parts]).astype(np.int64))
@@ -212,7 +214,7 @@ class ShardSet(Manifest):
         self.dirs = [Path(d) for d in directories]
         parts = []
         for d in self.dirs:
-            index = d / "index"
+            index = d / "index" / "columns"
             if not (index / "starts.npy").is_file():
                 why = "is not a shard directory" if not (d / SPEC).is_file() else "was not finished"
                 raise ValueError(f"{d} {why}: build it with `usad shards build --manifest M.tsv -o {d}` (a rerun resumes)")
@@ -221,7 +223,7 @@ class ShardSet(Manifest):
         self._first = np.cumsum([0] + [p["num_samples"].shape[0] for p in parts])  # first clip of each directory
         self.num_samples = parts[0]["num_samples"] if len(parts) == 1 else np.concatenate([p["num_samples"] for p in parts])
         self.domain = parts[0]["domain"] if len(parts) == 1 else np.concatenate([p["domain"] for p in parts])
-        self.sample_rate = np.broadcast_to(np.int64(SAMPLE_RATE), self.num_samples.shape)  # no memory
+        self.sample_rate = np.broadcast_to(np.int32(SAMPLE_RATE), self.num_samples.shape)  # no memory
         self._open: "OrderedDict[tuple[int, int], tuple[int, np.ndarray]]" = OrderedDict()
 
     def _locate(self, i: int) -> tuple[int, int, int]:
@@ -234,7 +236,7 @@ class ShardSet(Manifest):
 
     def path(self, i: int) -> str:
         d, shard, pos = self._locate(i)
-        return f"{self.dirs[d]}/recording.{shard:06d}.tar#{pos}"
+        return f"{self.dirs[d]}/shar/recording.{shard:06d}.tar#{pos}"
 
     def __getitem__(self, i: int) -> ManifestEntry:
         return ManifestEntry(self.path(i), int(self.num_samples[i]), SAMPLE_RATE, DOMAINS[self.domain[i]])
@@ -244,8 +246,9 @@ class ShardSet(Manifest):
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key]
-        tar = self.dirs[d] / f"recording.{shard:06d}.tar"
-        offsets = np.fromfile(f"{tar}.idx", dtype="<u8")
+        tar = f"recording.{shard:06d}.tar"
+        offsets = np.fromfile(self.dirs[d] / "index" / f"{tar}.idx", dtype="<u8")
+        tar = self.dirs[d] / "shar" / tar
         self._open[key] = (os.open(tar, os.O_RDONLY), offsets)
         if len(self._open) > OPEN_SHARDS:
             os.close(self._open.popitem(last=False)[1][0])
