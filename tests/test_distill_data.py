@@ -258,7 +258,7 @@ def test_a_shared_plan_is_the_plan_and_is_redone_for_other_data(tmp_path):
     assert fewer._epoch_plan(0).batches() == DistillData(entries[:30], cfg(), batch_seconds=8.0, seed=0, world_size=2)._epoch_plan(0).batches()
 
 
-def test_shards_hold_every_clip_with_its_domain_for_lhotse_and_for_the_trainer(corpus):
+def test_shards_hold_every_clip_with_its_domain_for_lhotse_and_for_the_trainer(corpus, capsys):
     import torch
 
     from usad_upstream.distill.data import load_crop
@@ -269,8 +269,8 @@ def test_shards_hold_every_clip_with_its_domain_for_lhotse_and_for_the_trainer(c
     entries.append(ManifestEntry(str(corpus / "bad" / "corrupt.wav"), 32000, 16000, "speech"))  # unreadable: counted, left out
     tsv = write_manifest(entries, corpus / "m.tsv")
     out = corpus / "shards"
-    counts = build_shards([tsv], out, shard_size=3, jobs=2, progress=False)
-    assert counts["shards"] == 3 and counts["clips_total"] == 8 and counts["unreadable"] == 1
+    assert main(["shards", "build", "--manifest", str(tsv), "-o", str(out), "--shard-size", "3", "--jobs", "2"]) == 0
+    assert "8 clips in 3 Lhotse Shar shards (0 were already there); unreadable 1" in capsys.readouterr().out
     shards = ShardSet([out])
     from lhotse import CutSet
 
@@ -291,3 +291,15 @@ def test_shards_hold_every_clip_with_its_domain_for_lhotse_and_for_the_trainer(c
     assert again["shards_before"] == 2 and again["clips_total"] == 8
     with pytest.raises(ValueError, match="built differently .*shard_size"):
         build_shards([tsv], out, shard_size=4, jobs=1, progress=False)
+
+
+def test_data_bench_reports_loader_throughput_beside_the_step_demand(tmp_path):
+    from usad_upstream.distill.databench import data_table, run_data_bench
+
+    record = run_data_bench(tmp_path, clips=12, batches=2, sample_rate=22050, demand=1000.0, manifest_rows=[], ranks=1)
+    assert [(r["source"], r["cache"]) for r in record["loader"]] == [("tsv", "cold"), ("tsv", "warm"), ("shards", "cold"), ("shards", "warm")]
+    for r in record["loader"]:
+        assert r["batches"] == 2 and r["audio_s"] > 0 and r["audio_s_per_s"] == pytest.approx(r["audio_s"] / r["seconds"])
+    table = data_table(record)
+    need = 1000.0 / record["loader"][0]["audio_s_per_s"]
+    assert f"| tsv | cold | 22050 | {record['loader'][0]['audio_s_per_s']:.0f} | {need:.1f} |" in table

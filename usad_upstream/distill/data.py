@@ -448,7 +448,12 @@ def pack(samples: np.ndarray, cap: int, pool: int) -> tuple[np.ndarray, np.ndarr
     pools are cut at once, one numpy step per micro-batch of a pool (at most about
     data.bucket_pool steps), not one Python step per micro-batch of the epoch."""
     n = samples.shape[0]
-    order = np.lexsort((-samples, np.arange(n) // pool))
+    rows = -(-n // pool)
+    padded = np.full(rows * pool, -1, dtype=np.int64)  # padding sorts after every real crop
+    padded[:n] = samples
+    within = np.argsort(-padded.reshape(rows, pool), axis=1, kind="stable")  # many small sorts, not one big one
+    order = (within + (np.arange(rows) * pool)[:, None]).reshape(-1)
+    order = order[order < n]
     s = samples[order]
     ends = np.minimum(np.arange(0, n, pool) + pool, n)
     cursor = np.arange(0, n, pool)

@@ -20,11 +20,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# The training step's demand: USAD Base + WavLM Base+ + ATST-Frame, eager bf16, 64 x 10 s on an
-# H100 (README, Benchmarks). Override with --data-demand.
-H100_STEP_AUDIO_S_PER_S = 1303.0
-
-
 def _memory() -> dict[str, float]:
     """This process's resident memory in MB: anonymous (its own), file-backed (mapped files,
     shared with other processes mapping them) and PSS (shared pages split among their users)."""

@@ -142,6 +142,7 @@ def build_shards(
     """Convert manifests into a Shar directory, `jobs` shards at a time (processes: decoding,
     resampling and FLAC encoding use the CPU). Finished shards are kept: a rerun of the same
     command writes only the missing ones, then gathers the index."""
+    import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 
     from tqdm import tqdm
@@ -173,8 +174,8 @@ def build_shards(
         return [(int(i), entries.path(int(i)), int(entries.domain[i])) for i in order[k * shard_size : (k + 1) * shard_size]]
 
     bar = tqdm(total=num_shards, initial=num_shards - len(todo), desc=f"writing shards to {out}", unit="shard", disable=not progress)
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
+    if jobs > 1:  # spawned, not forked: a fork of a process with threads (tqdm's, torch's) can deadlock
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             running: set = set()
             for k in todo:  # at most 2 x jobs shards' rows in flight, however many shards there are
                 running.add(pool.submit(_write_shard, str(out), k, rows(k)))
