@@ -424,20 +424,30 @@ class Plan:
     def batches(self) -> list[list[Crop]]:
         return [self.batch(j) for j in range(len(self))]
 
-    def save(self, directory: Path) -> None:
-        """units/lo/hi as .npy files in `directory`, which appears complete or not at all."""
+    def save(self, directory: Path, key: Mapping[str, Any]) -> None:
+        """units/lo/hi as .npy files plus key.json in `directory`, which appears complete or not
+        at all (a process killed while saving or deleting a plan leaves no half plan behind)."""
         tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name in ("units", "lo", "hi"):
             np.save(tmp / f"{name}.npy", getattr(self, name))
-        shutil.rmtree(directory, ignore_errors=True)
+        (tmp / "key.json").write_text(json.dumps(dict(key)))
+        remove_dir(directory)
         os.replace(tmp, directory)
 
     @classmethod
     def load(cls, planner: "BatchPlanner", epoch: int, directory: Path) -> "Plan":
         arrays = [np.load(directory / f"{name}.npy", mmap_mode="r") for name in ("units", "lo", "hi")]
         return cls(planner, epoch, *arrays)
+
+
+def remove_dir(directory: Path) -> None:
+    """Rename away, then delete: the directory vanishes at once, never half-deleted."""
+    if directory.exists():
+        trash = directory.with_name(f".trash-{directory.name}-{os.getpid()}")
+        os.replace(directory, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def pack(samples: np.ndarray, cap: int, pool: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -751,12 +761,10 @@ class DistillData:
             except (OSError, ValueError):
                 fresh = True
             if fresh:
-                plan = self.planner.epoch(epoch)
-                plan.save(directory)
-                (directory / "key.json").write_text(json.dumps(key))
+                self.planner.epoch(epoch).save(directory, key)
             for old in self.plan_dir.glob("epoch_*"):  # earlier epochs are done with
                 if old.name < directory.name:
-                    shutil.rmtree(old, ignore_errors=True)
+                    remove_dir(old)
         if dist.is_initialized():
             dist.barrier()
         return Plan.load(self.planner, epoch, directory)

@@ -254,9 +254,11 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
                 f"{ckpt_path} was trained with world_size x grad_accum = {state['micro_batches_per_step']} micro-batches "
                 f"per step, this run has {world} x {tc['grad_accum']}: set train.grad_accum so the product matches"
             )
-    if rank == 0:
+    if rank == 0:  # atomically: after an elastic restart the other ranks may be reading it right now
+        from ..checkpoint import atomic_write
+
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write(saved_cfg, lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
 
     # --- teachers (or their cached targets) and the model
     cache = None
