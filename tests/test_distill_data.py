@@ -6,6 +6,7 @@ import soundfile as sf
 from downstream_recipes.cli import main
 from usad_upstream.distill.data import (
     BatchPlanner,
+    Crop,
     DataConfig,
     DistillData,
     PAPER_SPEECH_SHARE,
@@ -168,3 +169,137 @@ def test_segments_mode_cuts_fixed_pieces_and_bad_rows_name_their_line(tmp_path):
     bad.write_text("path\tnum_samples\tsample_rate\tdomain\na.wav\t100\t16000\tspeech\nb.wav\t1.5\t16000\tspeech\n")
     with pytest.raises(ValueError, match=r"bad.tsv:3: num_samples must be an integer > 0, got '1.5'"):
         read_manifest(bad)
+
+
+# ----------------------------------------------------------------------------- scale: columns, packing, ranks, shards
+def sequential_pack(samples, cap, pool):
+    """The bucketing rule written as a plain loop (the reference for the vectorised pack)."""
+    order = np.lexsort((-samples, np.arange(samples.shape[0]) // pool))
+    s, lo, hi = samples[order], [], []
+    for p0 in range(0, s.shape[0], pool):
+        p, end = p0, min(p0 + pool, s.shape[0])
+        while p < end:
+            q = min(end, p + max(1, cap // int(s[p])))
+            lo.append(p), hi.append(q)
+            p = q
+    return order, lo, hi
+
+
+def test_vectorised_packing_cuts_the_same_batches_as_the_sequential_rule():
+    from usad_upstream.distill.data import pack
+
+    rng = np.random.default_rng(3)
+    for n, cap, pool in ((1000, 80_000, 37), (257, 32_000, 300), (64, 16_000, 1)):
+        samples = rng.integers(8_000, 32_001, n)
+        order, lo, hi = pack(samples, cap, pool)
+        ref_order, ref_lo, ref_hi = sequential_pack(samples, cap, pool)
+        assert (order == ref_order).all() and lo.tolist() == ref_lo and hi.tolist() == ref_hi
+
+
+def test_ranks_get_disjoint_micro_batches_whose_union_is_the_global_step():
+    """However the step's world_size x grad_accum = 4 micro-batches are spread (1 x 4, 2 x 2,
+    4 x 1), every rank gets its own ones and together they are the one-process step."""
+    entries = [ManifestEntry(f"/x/{i}.wav", int((1 + i % 7 * 0.25) * 16000), 16000, ("speech", "sound", "music")[i % 3]) for i in range(60)]
+    single = DistillData(entries, cfg(), batch_seconds=8.0, seed=0, grad_accum=4)._rank_batches(0, 0)
+    for world, accum in ((2, 2), (4, 1)):
+        ranks = [DistillData(entries, cfg(), batch_seconds=8.0, seed=0, world_size=world, rank=r, grad_accum=accum)._rank_batches(0, 0)
+                 for r in range(world)]
+        for step in range(len(single) // 4):
+            want = {pos: crops for _, pos, crops in (single[step * 4 + a] for a in range(4))}
+            got = [ranks[r][step * accum + a] for r in range(world) for a in range(accum)]
+            positions = [pos for _, pos, _ in got]
+            assert len(set(positions)) == 4 and set(positions) == set(want)  # disjoint, and the whole step
+            assert all(crops == want[pos] for _, pos, crops in got)
+
+
+def test_manifest_columns_are_mapped_from_one_copy_and_rebuilt_when_the_tsv_changes(tmp_path):
+    from usad_upstream.distill.data import Manifest
+
+    entries = [ManifestEntry(f"/data/ü{i}.flac", 16000 + i, 16000 if i % 2 else 44100, "sound") for i in range(5)]
+    tsv = write_manifest(entries, tmp_path / "m.tsv")
+    first = read_manifest(tsv)
+    assert (tmp_path / "m.tsv.columns" / "num_samples.npy").is_file() and list(first) == entries
+    again = read_manifest(tsv)
+    assert isinstance(again.num_samples, np.memmap) and isinstance(again.blob, np.memmap)  # mapped, not parsed
+    changed = entries[:3] + [ManifestEntry("/data/new.wav", 99999, 8000, "music")]
+    write_manifest(changed, tsv)
+    assert list(read_manifest(tsv)) == changed  # the stale copy is not used
+    both = Manifest.concat([read_manifest(tsv), Manifest.from_entries(entries)])
+    assert list(both) == changed + entries
+
+
+def test_manifest_build_reads_each_header_once_across_an_interrupted_scan(corpus, monkeypatch):
+    from usad_upstream.distill import data as data_module
+
+    calls = []
+    real = data_module._header
+    monkeypatch.setattr(data_module, "_header", lambda path: calls.append(path) or real(path))
+    partial = corpus / "m.tsv.partial"
+    first, _ = build_manifest([corpus / "good"], "speech", jobs=2, partial=partial)
+    assert len(calls) == 8 and len(partial.read_text().splitlines()) == 8
+    lines = partial.read_text().splitlines()
+    partial.write_text("\n".join(lines[:5]) + "\n" + lines[5][:10])  # killed while writing line 6
+    calls.clear()
+    again, skipped = build_manifest([corpus / "good", corpus / "bad"], "speech", jobs=2, partial=partial)
+    assert len(calls) == 3 + 3  # the 3 lost lines of good/ and the 3 files of bad/
+    assert again[:8] == first and skipped == {"unreadable": 1}
+
+
+def test_a_shared_plan_is_the_plan_and_is_redone_for_other_data(tmp_path):
+    entries = [ManifestEntry(f"/x/{i}.wav", int((1 + i % 5 * 0.3) * 16000), 16000, "speech") for i in range(40)]
+    plan_dir = tmp_path / "plans"
+    shared = DistillData(entries, cfg(), batch_seconds=8.0, seed=0, world_size=2, rank=0, plan_dir=plan_dir)
+    other_rank = DistillData(entries, cfg(), batch_seconds=8.0, seed=0, world_size=2, rank=1, plan_dir=plan_dir)
+    alone = DistillData(entries, cfg(), batch_seconds=8.0, seed=0, world_size=2, rank=0)
+    assert shared._epoch_plan(0).batches() == alone._epoch_plan(0).batches()
+    assert isinstance(other_rank._epoch_plan(0).units, np.memmap)  # rank 1 maps rank 0's file
+    assert other_rank._epoch_plan(0).batches() == alone._epoch_plan(0).batches()
+    fewer = DistillData(entries[:30], cfg(), batch_seconds=8.0, seed=0, world_size=2, rank=0, plan_dir=plan_dir)
+    assert fewer._epoch_plan(0).batches() == DistillData(entries[:30], cfg(), batch_seconds=8.0, seed=0, world_size=2)._epoch_plan(0).batches()
+
+
+def test_shards_hold_every_clip_with_its_domain_for_lhotse_and_for_the_trainer(corpus, capsys):
+    import torch
+
+    from usad_upstream.distill.data import load_crop
+    from usad_upstream.distill.shards import ShardSet, _use_libsndfile, build_shards
+
+    entries, _ = build_manifest([corpus / "good"], "music")
+    entries = [ManifestEntry(e.path, e.num_samples, e.sample_rate, ("speech", "sound", "music")[i % 3]) for i, e in enumerate(entries)]
+    entries.append(ManifestEntry(str(corpus / "bad" / "corrupt.wav"), 32000, 16000, "speech"))  # unreadable: counted, left out
+    tsv = write_manifest(entries, corpus / "m.tsv")
+    out = corpus / "shards"
+    assert main(["shards", "build", "--manifest", str(tsv), "-o", str(out), "--shard-size", "3", "--jobs", "2"]) == 0
+    assert "8 clips in 3 Lhotse Shar shards (0 were already there); unreadable 1" in capsys.readouterr().out
+    shards = ShardSet([out])
+    from lhotse import CutSet
+
+    _use_libsndfile()
+    cuts = list(CutSet.from_shar(in_dir=out / "shar"))  # lhotse reads what we wrote
+    assert len(cuts) == len(shards) == 8
+    for i, cut in enumerate(cuts):  # shard order = index order
+        source = next(e for e in entries if e.path == cut.custom["source"])
+        assert cut.custom["domain"] == source.domain == shards[i].domain
+        assert cut.num_samples == shards.num_samples[i] == -(-source.num_samples * 16000 // source.sample_rate)
+        ours, sr = shards.read(i, 0, -1)
+        assert sr == 16000 and np.abs(ours[:, 0] - cut.load_audio()[0]).max() == 0
+        crop = load_crop(shards, Crop(i, 0, 8000, 8000), 1e-4, 4000)
+        want = load_crop(read_manifest(tsv), Crop(entries.index(source), 0, -1, 0), 1e-4, 4000)
+        assert isinstance(crop, torch.Tensor) and torch.allclose(crop, want[:8000], atol=1e-3)  # 16-bit FLAC of the 16 kHz mono audio
+    (out / "index" / "recording.000001.tar.idx").unlink()  # as if the build had been killed during shard 1
+    again = build_shards([tsv], out, shard_size=3, jobs=1, progress=False)
+    assert again["shards_before"] == 2 and again["clips_total"] == 8
+    with pytest.raises(ValueError, match="built differently .*shard_size"):
+        build_shards([tsv], out, shard_size=4, jobs=1, progress=False)
+
+
+def test_data_bench_reports_loader_throughput_beside_the_step_demand(tmp_path):
+    from usad_upstream.distill.databench import data_table, run_data_bench
+
+    record = run_data_bench(tmp_path, clips=12, batches=2, sample_rate=22050, demand=1000.0, manifest_rows=[], ranks=1)
+    assert [(r["source"], r["cache"]) for r in record["loader"]] == [("tsv", "cold"), ("tsv", "warm"), ("shards", "cold"), ("shards", "warm")]
+    for r in record["loader"]:
+        assert r["batches"] == 2 and r["audio_s"] > 0 and r["audio_s_per_s"] == pytest.approx(r["audio_s"] / r["seconds"])
+    table = data_table(record)
+    need = 1000.0 / record["loader"][0]["audio_s_per_s"]
+    assert f"| tsv | cold | 22050 | {record['loader'][0]['audio_s_per_s']:.0f} | {need:.1f} |" in table

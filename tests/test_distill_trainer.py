@@ -211,3 +211,112 @@ def test_teachers_run_in_the_students_autocast_and_give_fp32_targets(tmp_path):
         ref = fp32.layers[tl]
         assert not torch.equal(x, ref)  # really computed in bf16
         assert (x - ref).norm() < 0.1 * ref.norm()
+
+
+# ----------------------------------------------------------------------------- shards, process counts, nodes
+def _spawn_train(rank, world, port, config):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(config, teachers=make_teachers(config), progress=False)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_stop_and_resume_from_shards_on_another_process_count_matches_an_uninterrupted_run(setup):
+    """Shards -> steps 1-2 in one process (grad_accum 2), SIGKILL-like stop, steps 3-4 on two
+    gloo processes (grad_accum 1): every logged loss equals the uninterrupted one-process run's."""
+    from usad_upstream.distill.shards import build_shards
+
+    shards = setup / "shards"
+    build_shards([setup / "manifest.tsv"], shards, shard_size=3, jobs=1, progress=False)
+    opts = (f"data.shards=[{shards}]", "data.manifests=[]", "train.max_steps=4", "train.ckpt_every=1")
+    full = config_for(setup, "shards_full", *opts, "train.grad_accum=2")
+    train(full, teachers=make_teachers(full), progress=False)
+    cut = config_for(setup, "shards_cut", *opts, "train.grad_accum=2", "train.stop_after=2")
+    train(cut, teachers=make_teachers(cut), progress=False)
+    resumed = config_for(setup, "shards_cut", *opts, "train.grad_accum=1")
+    torch.multiprocessing.spawn(_spawn_train, args=(2, free_port(), resumed), nprocs=2, join=True)
+    a, b = losses(full["run_dir"]), losses(cut["run_dir"])
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in (1, 2, 3, 4):
+        for key, value in a[step].items():
+            assert abs(b[step][key] - value) <= 1e-6, (step, key, value, b[step][key])
+    plans = sorted(os.listdir(os.path.join(cut["run_dir"], "plans")))
+    assert plans == ["epoch_000000"] or plans[-1].startswith("epoch_")  # the two processes mapped rank 0's plan
+
+
+def _worker_pids(run_id):
+    """(global rank, pid) of the torchrun workers of run `run_id` (read from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                env = dict(v.split(b"=", 1) for v in handle.read().split(b"\0") if b"=" in v)
+        except OSError:
+            continue
+        if env.get(b"TORCHELASTIC_RUN_ID") == run_id.encode() and b"RANK" in env and b"TORCHELASTIC_RESTART_COUNT" in env:
+            found.append((int(env[b"RANK"]), int(entry)))
+    return found
+
+
+def test_two_nodes_of_two_processes_survive_a_killed_worker_with_elastic_restarts(setup):
+    """Two torchrun agents (--nnodes 2, c10d rendezvous, --max-restarts), as on two machines (here
+    localhost, gloo): one worker is SIGKILLed after step 2, both nodes restart from the last
+    checkpoint, and every logged loss equals an uninterrupted one-process run of the same global
+    batch. (With the static rendezvous of --node-rank, the same restart hung here.)"""
+    import subprocess
+    import sys
+    import time
+
+    from usad_upstream.teachers.fixtures import write_atst_checkpoint
+
+    write_atst_checkpoint(setup / "atst_nodes.ckpt", dim=64, depth=2, mlp_hidden=64)
+    teachers = f"teachers.audio={{kind: atst_frame, path: {setup / 'atst_nodes.ckpt'}}}"
+    opts = [teachers, "train.max_steps=6", "train.ckpt_every=1", "train.keep_last=10"]
+    reference = config_for(setup, "nodes_ref", *opts, "train.grad_accum=4")
+    train(reference, progress=False)
+    run = setup / "nodes"
+    port, run_id = free_port(), f"usad-test-{os.getpid()}"
+    # torch 2.13's agents share one worker TCPStore across restart rounds, so the restarted
+    # workers' gloo would read the dead round's addresses; opting out gives each round its own
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    agents = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id, "--max-restarts", "2",
+             "--monitor-interval", "0.2", "-m", "usad_upstream.cli", "distill", "--config", str(setup / "base.yaml"),
+             f"run_dir={run}", *opts, "train.grad_accum=1"],
+            env=env, stdout=open(setup / f"node{node}.log", "w"), stderr=subprocess.STDOUT, text=True)
+        for node in (0, 1)
+    ]
+    killed = None
+    deadline = time.time() + 600
+    while killed is None and time.time() < deadline and all(a.poll() is None for a in agents):
+        if (run / "checkpoints" / "step_00000002.pt").is_file():
+            ranks = dict(_worker_pids(run_id))
+            if 3 in ranks:
+                os.kill(ranks[3], signal.SIGKILL)  # node 1's second worker dies mid-run (no checkpoint, no goodbye)
+                killed = ranks[3]
+        time.sleep(0.05)
+    try:
+        for agent in agents:
+            agent.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        for agent in agents:
+            agent.kill()
+            agent.wait()
+    outputs = [(setup / f"node{node}.log").read_text() for node in (0, 1)]
+    assert killed is not None, "no worker was killed: " + outputs[0][-2000:]
+    assert [a.returncode for a in agents] == [0, 0], f"see {setup}/node0.log and node1.log"
+    assert "resumed" in outputs[0], outputs[0][-3000:]  # the restarted workers continued from a checkpoint
+    a, b = losses(reference["run_dir"]), losses(run)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        for key, value in a[step].items():
+            assert abs(b[step][key] - value) <= 1e-6, (step, key, value, b[step][key])

@@ -464,7 +464,21 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
+def _data_command(args) -> int:  # type: ignore[no-untyped-def]
+    from .distill.databench import data_table, run_data_bench, write_data_record
+
+    rows = [int(float(r)) for r in args.data_manifest_rows.split(",") if r]
+    record = run_data_bench(Path(args.workdir or tempfile.mkdtemp(prefix="usad-databench-")), args.data_clips, args.data_batches,
+                            args.data_rate, args.data_demand, rows, args.data_ranks)
+    path = write_data_record(record, args.out)
+    print(data_table(record))
+    print(f"wrote {path}")
+    return 0
+
+
 def _command(args) -> int:  # type: ignore[no-untyped-def]
+    if args.data:
+        return _data_command(args)
     record = run_bench(
         models=args.models.split(","), batches=[int(b) for b in args.batches.split(",")],
         clip_seconds=args.clip_seconds, lengths=_floats(args.lengths), sweep_models=args.sweep_models.split(","),
@@ -500,4 +514,13 @@ def register(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     p.add_argument("--workdir", default=None, help="where the random teacher checkpoints are written (reused)")
     p.add_argument("--out", default="results/bench")
+    d = p.add_argument_group("--data: distillation input (loader throughput per worker, TSV vs shards; manifest start-up at scale)")
+    d.add_argument("--data", action="store_true", help="measure the data path instead of the models")
+    d.add_argument("--data-clips", type=int, default=240, help="synthetic 10 s clips for the loader passes (0 skips them)")
+    d.add_argument("--data-batches", type=int, default=12, help="micro-batches of 100 s per pass")
+    d.add_argument("--data-rate", type=int, default=16000, help="sample rate of the synthetic source files")
+    d.add_argument("--data-demand", type=float, default=1303.0,
+                   help="audio s/s one training step consumes (default: USAD Base eager, 64 x 10 s, H100)")
+    d.add_argument("--data-manifest-rows", default="1000000", help="synthetic manifest sizes for the start-up measurement ('' skips)")
+    d.add_argument("--data-ranks", type=int, default=3, help="ranks started together on the mapped manifest")
     p.set_defaults(func=_command)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
-from .data import BatchPlanner, Crop, DataConfig, Manifest, ManifestEntry, MicroBatches, RankBatches, pack
+from .data import BatchPlanner, Crop, DataConfig, Manifest, ManifestEntry, MicroBatches, RankBatches
 from .objective import Targets, TeacherSpec
 
 FORMAT = "usad-target-cache"
@@ -167,7 +167,7 @@ def build_cache(
         crop = Crop(int(index[j]), int(start[j]), int(frames[j]), int(samples[j]))
         todo[j] = not cache.file(planner.entries[crop.index], crop).is_file()
     counts["cached_before"] = int((~todo).sum())
-    plan = pack(index[todo], start[todo], frames[todo], samples[todo], planner.micro_samples, pool=max(1, int(todo.sum())))
+    plan = planner.plan_of(mine[todo])
     batches = RankBatches(plan, 0, 0, len(plan), 1, 0, 1)
     dataset = MicroBatches(planner, batches, refill=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=data.num_workers)

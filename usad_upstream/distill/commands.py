@@ -1,4 +1,4 @@
-"""`usad distill`, `usad distill-cache`, `usad export` (also `--hf`: the release format) and `usad manifest build`."""
+"""`usad distill`, `usad distill-cache`, `usad export` (also `--hf`: the release format), `usad manifest build` and `usad shards build`."""
 from __future__ import annotations
 
 import argparse
@@ -41,7 +41,8 @@ def _cache(args: argparse.Namespace) -> int:
     from .config import load_config
 
     from .cache import TargetCache, build_cache
-    from .data import DataConfig, Manifest, read_manifest
+    from .data import DataConfig
+    from .shards import open_data
     from .trainer import build_teachers, distilled_teacher_layers, teacher_specs
 
     config = load_config(args.config, args.overrides)
@@ -58,7 +59,7 @@ def _cache(args: argparse.Namespace) -> int:
     k = config["objective"]["num_layers"]
     layers = {n: distilled_teacher_layers(s.num_layers, k) for n, s in specs.items()}
     cache = TargetCache.create(config["cache"]["dir"], TargetCache.describe(config["teachers"], specs, layers, data))
-    entries = Manifest.concat([read_manifest(m) for m in data.manifests])
+    entries = open_data(data.manifests, data.shards)
     with torch.inference_mode():
         counts = build_cache(cache, entries, data, teachers, device, config["train"]["batch_seconds"], rank, world, progress=rank == 0)
     print(f"rank {rank}: target cache {cache.root}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -157,7 +158,10 @@ def _manifest_build(args: argparse.Namespace) -> int:
 
     from .data import build_manifest, read_manifest, write_manifest
 
-    entries, skipped = build_manifest(args.sources, args.domain, args.min_seconds)
+    partial = Path(f"{args.output}.partial")
+    if partial.is_file():
+        print(f"resuming the scan recorded in {partial}")
+    entries, skipped = build_manifest(args.sources, args.domain, args.min_seconds, jobs=args.jobs, progress=True, partial=partial)
     if args.append and Path(args.output).is_file():
         old = list(read_manifest(args.output))
         known = {e.path for e in old}
@@ -165,11 +169,24 @@ def _manifest_build(args: argparse.Namespace) -> int:
     if not entries:
         raise ValueError(f"no readable audio found in {args.sources} (skipped: {dict(skipped) or 'none'})")
     write_manifest(entries, args.output)
+    partial.unlink()
     domains = Counter(e.domain for e in entries)
     hours = sum(e.seconds for e in entries) / 3600
     print(
         f"wrote {args.output}: {len(entries)} files, {hours:.2f} h ({dict(domains)}); "
         f"skipped {sum(skipped.values())} ({dict(skipped) or 'none'})"
+    )
+    return 0
+
+
+def _shards_build(args: argparse.Namespace) -> int:
+    from .shards import build_shards
+
+    counts = build_shards(args.manifest, args.output, args.shard_size, args.jobs, args.seed)
+    print(
+        f"wrote {args.output}: {counts['clips_total']} clips in {counts['shards']} Lhotse Shar shards "
+        f"({counts['shards_before']} were already there); unreadable {counts['unreadable']}; "
+        f"train with data.shards=[{args.output}]"
     )
     return 0
 
@@ -212,5 +229,19 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     b.add_argument("--domain", required=True, choices=["speech", "sound", "music"])
     b.add_argument("--min-seconds", type=float, default=0.0, help="skip files shorter than this")
     b.add_argument("--append", action="store_true", help="add to an existing manifest (e.g. another domain)")
-    b.add_argument("-o", "--output", required=True, help="manifest .tsv path")
+    b.add_argument("--jobs", type=int, default=16, help="headers read at once (threads; default 16)")
+    b.add_argument("-o", "--output", required=True, help="manifest .tsv path (an interrupted scan resumes from OUTPUT.partial)")
     b.set_defaults(func=_manifest_build)
+
+    p = sub.add_parser("shards", help="sharded distillation data (Lhotse Shar)")
+    ssub = p.add_subparsers(dest="shards_command", required=True, metavar="ACTION")
+    b = ssub.add_parser(
+        "build", help="convert manifests into Lhotse Shar shards (16 kHz mono FLAC) for data.shards=[DIR]",
+        description="Clips are shuffled (--seed) into shards of --shard-size; a rerun of the same command resumes.",
+    )
+    b.add_argument("--manifest", action="append", required=True, help="manifest .tsv (repeat for several)")
+    b.add_argument("-o", "--output", required=True, help="output directory")
+    b.add_argument("--shard-size", type=int, default=1000, help="clips per shard (default 1000: ~160 MB of 10 s clips)")
+    b.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="shards written at once (processes)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the clip shuffle before sharding")
+    b.set_defaults(func=_shards_build)

@@ -11,12 +11,23 @@ processes, and the sampler state (epoch, step) is all that an exact resume needs
 Files that cannot be read, are silent or too short are skipped, counted by kind and logged,
 never fatal: a micro-batch loses the bad item (an emptied one is refilled with a random clip
 chosen deterministically).
+
+At scale (tens of millions of clips) nothing here holds a Python object per clip: a manifest is
+parsed once into a columnar copy beside it (`M.tsv.columns/`, numpy files) that every process
+memory-maps, so the ranks of a node share one copy in the page cache; an epoch's plan stores
+one int32 per crop (crop starts are drawn per micro-batch from (seed, epoch, position)), and a
+distributed run plans each epoch once, in rank 0, into `run_dir/plans/` for all ranks to map.
+Sharded input (Lhotse Shar, see shards.py) goes through the same planner.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
+import json
 import logging
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +47,8 @@ COLUMNS = ("path", "num_samples", "sample_rate", "domain")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff", ".au", ".w64", ".caf")
 SKIP_KINDS = ("unreadable", "silent", "too_short")
 MAX_REFILL_TRIES = 50
+CHUNK = 1 << 22  # rows per vectorised step (parsing, weights, packing): bounds transient memory
+COLUMNS_SUFFIX = ".columns"  # the memory-mapped copy of M.tsv lives in M.tsv.columns/
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -71,26 +84,68 @@ def find_audio(sources: Sequence["str | Path"]) -> list[Path]:
     return found
 
 
-def build_manifest(
-    sources: Sequence["str | Path"], domain: str, min_seconds: float = 0.0
-) -> tuple[list[ManifestEntry], Counter]:
-    """Read every file's header with soundfile; unreadable and too-short files are counted, not kept."""
+def _header(path: Path) -> tuple[str, int, int, str]:
+    """(resolved path, frames, sample rate, "ok" or why not) from one file's header."""
     import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or OSError by cause
+        return str(path), 0, 0, f"unreadable: {exc}".replace("\t", " ").replace("\n", " ")
+    return str(path.resolve()), int(info.frames), int(info.samplerate), "ok"
+
+
+def build_manifest(
+    sources: Sequence["str | Path"], domain: str, min_seconds: float = 0.0, jobs: int = 8,
+    progress: bool = False, partial: "str | Path | None" = None,
+) -> tuple[list[ManifestEntry], Counter]:
+    """Read every file's header with soundfile, `jobs` at a time (threads: header reads wait on
+    the filesystem, not the CPU); unreadable and too-short files are counted, not kept.
+
+    With `partial`, every header read is appended to that file as it arrives, and a later call
+    with the same file reads only what is missing (an interrupted scan of millions of files
+    resumes where it stopped)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
 
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; choose one of {list(DOMAINS)}")
+    files = find_audio(sources)
+    done: dict[str, tuple[str, int, int, str]] = {}
+    if partial is not None and Path(partial).is_file():
+        for line in Path(partial).read_text().splitlines():
+            fields = line.split("\t")
+            if len(fields) == 5:  # a line cut short by a kill is read again
+                done[fields[0]] = (fields[1], int(fields[2]), int(fields[3]), fields[4])
+    todo = [p for p in files if str(p) not in done]
+    log_file = open(partial, "a") if partial is not None else None
+    try:
+        with ThreadPoolExecutor(max(1, jobs)) as pool, tqdm(
+            total=len(files), initial=len(files) - len(todo), desc="reading headers", unit="file", disable=not progress
+        ) as bar:
+            for c0 in range(0, len(todo), 4096):  # bounded batches: no future per file for millions of files
+                chunk = todo[c0 : c0 + 4096]
+                for path, result in zip(chunk, pool.map(_header, chunk)):
+                    done[str(path)] = result
+                    if log_file is not None:
+                        log_file.write(f"{path}\t{result[0]}\t{result[1]}\t{result[2]}\t{result[3]}\n")
+                if log_file is not None:
+                    log_file.flush()
+                bar.update(len(chunk))
+    finally:
+        if log_file is not None:
+            log_file.close()
     entries, skipped = [], Counter()
-    for path in find_audio(sources):
-        try:
-            info = sf.info(str(path))
-        except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or OSError by cause
+    for path in files:
+        resolved, frames, sr, status = done[str(path)]
+        if status != "ok":
             skipped["unreadable"] += 1
-            log.warning("skipping unreadable %s: %s", path, exc)
-            continue
-        if info.frames <= 0 or info.frames < min_seconds * info.samplerate:
+            log.warning("skipping %s: %s", path, status)
+        elif frames <= 0 or frames < min_seconds * sr:
             skipped["too_short"] += 1
-            continue
-        entries.append(ManifestEntry(str(path.resolve()), int(info.frames), int(info.samplerate), domain))
+        else:
+            entries.append(ManifestEntry(resolved, frames, sr, domain))
     return entries, skipped
 
 
@@ -109,17 +164,21 @@ def write_manifest(entries: Sequence[ManifestEntry], path: "str | Path") -> Path
 
 
 class Manifest:
-    """Columnar manifest: numpy arrays instead of one Python object per file, so tens of millions
-    of files fit in memory once and DataLoader workers share them copy-on-write.
-    `manifest[i]` is a ManifestEntry; iteration yields all of them."""
+    """Columnar manifest: numpy arrays instead of one Python object per file. `Manifest.load`
+    memory-maps a saved copy, so every process on a node shares one copy in the page cache.
+    `manifest[i]` is a ManifestEntry; iteration yields all of them; `read` decodes audio."""
+
+    ARRAYS = ("offsets", "blob", "num_samples", "sample_rate", "domain")
 
     def __init__(self, paths: Sequence[str], num_samples: Sequence[int], sample_rate: Sequence[int], domain: Sequence[int]) -> None:
-        encoded = [p.encode() for p in paths]
-        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
-        self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        # one join + encode for all paths (C speed), then split at the separators
+        raw = np.frombuffer(("\n".join(paths) + "\n").encode(), dtype=np.uint8) if len(paths) else np.zeros(0, np.uint8)
+        ends = np.flatnonzero(raw == 10)
+        self.offsets = np.zeros(len(paths) + 1, dtype=np.int64)
+        self.offsets[1:] = ends - np.arange(len(paths))
+        self.blob = raw[raw != 10]
         self.num_samples = np.asarray(num_samples, dtype=np.int64)
-        self.sample_rate = np.asarray(sample_rate, dtype=np.int64)
+        self.sample_rate = np.asarray(sample_rate, dtype=np.int32)
         self.domain = np.asarray(domain, dtype=np.int8)  # index into DOMAINS
 
     @classmethod
@@ -130,6 +189,8 @@ class Manifest:
     @classmethod
     def concat(cls, parts: Sequence["Manifest"]) -> "Manifest":
         """One manifest from several (arrays joined; no per-file Python objects)."""
+        if len(parts) == 1:
+            return parts[0]  # keeps a memory-mapped manifest mapped
         out = cls([], [], [], [])
         if not parts:
             return out
@@ -138,6 +199,26 @@ class Manifest:
         out.blob = np.concatenate([m.blob for m in parts])
         for name in ("num_samples", "sample_rate", "domain"):
             setattr(out, name, np.concatenate([getattr(m, name) for m in parts]))
+        return out
+
+    def save(self, directory: "str | Path", stamp: Mapping[str, Any]) -> None:
+        """Write the arrays as .npy files into `directory` (replaced atomically) with `stamp`."""
+        directory = Path(directory)
+        tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in self.ARRAYS:
+            np.save(tmp / f"{name}.npy", getattr(self, name))
+        (tmp / "stamp.json").write_text(json.dumps(dict(stamp)))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+
+    @classmethod
+    def load(cls, directory: "str | Path") -> "Manifest":
+        """Memory-map a saved manifest (nothing is read until it is used)."""
+        out = cls.__new__(cls)
+        for name in cls.ARRAYS:
+            setattr(out, name, np.load(Path(directory) / f"{name}.npy", mmap_mode="r"))
         return out
 
     def __len__(self) -> int:
@@ -154,34 +235,88 @@ class Manifest:
 
     @property
     def seconds(self) -> float:
-        return float((self.num_samples / self.sample_rate).sum())
+        return float(sum((self.num_samples[c : c + CHUNK] / self.sample_rate[c : c + CHUNK]).sum() for c in range(0, len(self), CHUNK)))
+
+    def read(self, i: int, start: int, frames: int) -> tuple[np.ndarray, int]:
+        """Samples [frames, channels] (float32) of file i from `start`, and its sample rate."""
+        import soundfile as sf
+
+        return sf.read(self.path(i), start=start, frames=frames, dtype="float32", always_2d=True)
+
+
+def _parse_manifest(path: Path) -> Manifest:
+    """Parse and validate a manifest TSV in chunks (pandas' C parser); errors name the line."""
+    import pandas as pd
+
+    with open(path, newline="") as handle:
+        header = handle.readline().rstrip("\r\n").split("\t")
+    if tuple(header) != COLUMNS:
+        raise ValueError(f"{path}: header must be {'<TAB>'.join(COLUMNS)}, got {header}")
+    parts, first_row = [], 2  # file line of the chunk's first row
+    try:
+        reader = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE, engine="c", chunksize=CHUNK)
+        for df in reader:
+            if tuple(df.columns) != COLUMNS:
+                raise ValueError(f"{path}: header must be {'<TAB>'.join(COLUMNS)}, got {list(df.columns)}")
+            numbers = {c: pd.to_numeric(df[c], errors="coerce") for c in ("num_samples", "sample_rate")}
+            for c, values in numbers.items():
+                bad = values.isna() | (values <= 0) | (values != values.round())
+                if bad.any():
+                    row = int(np.argmax(bad.to_numpy()))
+                    raise ValueError(f"{path}:{first_row + row}: {c} must be an integer > 0, got {df[c].iloc[row]!r}")
+            domain = df["domain"].map({d: i for i, d in enumerate(DOMAINS)})
+            if domain.isna().any():
+                row = int(np.argmax(domain.isna().to_numpy()))
+                raise ValueError(f"{path}:{first_row + row}: domain must be one of {list(DOMAINS)}, got {df['domain'].iloc[row]!r}")
+            parts.append(Manifest(df["path"].tolist(), numbers["num_samples"].to_numpy(np.int64),
+                                  numbers["sample_rate"].to_numpy(np.int32), domain.to_numpy(np.int8)))
+            first_row += len(df)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: not a tab-separated manifest ({exc})") from None
+    return Manifest.concat(parts) if parts else Manifest([], [], [], [])
+
+
+def columns_dir(path: "str | Path") -> Path:
+    return Path(f"{path}{COLUMNS_SUFFIX}")
 
 
 def read_manifest(path: "str | Path") -> Manifest:
-    """Parse and validate a manifest TSV (pandas, fast for millions of rows); errors name the line."""
-    import pandas as pd
+    """A manifest TSV as a memory-mapped columnar Manifest.
 
+    The first reader parses the TSV and saves its columns beside it (M.tsv.columns/, rebuilt
+    when the TSV's size or mtime change; a file lock keeps the ranks of a node from parsing it
+    at once); everyone else maps those files, so a node holds one copy however many ranks read
+    it, and a restart takes milliseconds. Where the directory is read-only, the TSV is parsed
+    into this process's memory instead."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"manifest not found: {path}; create one with `usad manifest build DIR --domain speech -o {path}`")
+    stat = path.stat()
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    columns = columns_dir(path)
+
+    def cached() -> "Manifest | None":
+        try:
+            return Manifest.load(columns) if json.loads((columns / "stamp.json").read_text()) == stamp else None
+        except (OSError, ValueError):
+            return None
+
+    manifest = cached()
+    if manifest is not None:
+        return manifest
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE, engine="c")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{path}: not a tab-separated manifest ({exc})") from None
-    if tuple(df.columns) != COLUMNS:
-        raise ValueError(f"{path}: header must be {'<TAB>'.join(COLUMNS)}, got {list(df.columns)}")
-    numbers = {c: pd.to_numeric(df[c], errors="coerce") for c in ("num_samples", "sample_rate")}
-    for c, values in numbers.items():
-        bad = values.isna() | (values <= 0) | (values != values.round())
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise ValueError(f"{path}:{row + 2}: {c} must be an integer > 0, got {df[c].iloc[row]!r}")
-    domain = df["domain"].map({d: i for i, d in enumerate(DOMAINS)})
-    if domain.isna().any():
-        row = int(np.argmax(domain.isna().to_numpy()))
-        raise ValueError(f"{path}:{row + 2}: domain must be one of {list(DOMAINS)}, got {df['domain'].iloc[row]!r}")
-    return Manifest(df["path"].tolist(), numbers["num_samples"].to_numpy(np.int64),
-                    numbers["sample_rate"].to_numpy(np.int64), domain.to_numpy(np.int8))
+        lock = open(f"{columns}.lock", "a")
+    except OSError as exc:
+        log.warning("cannot write the columnar copy of %s (%s): parsing it in this process", path, exc)
+        return _parse_manifest(path)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first rank parses; the others wait, then map its copy
+        manifest = cached()
+        if manifest is None:
+            _parse_manifest(path).save(columns, stamp)
+            manifest = cached()
+            assert manifest is not None
+    return manifest
 
 
 # ----------------------------------------------------------------------------- config
@@ -190,6 +325,7 @@ class DataConfig:
     """The `data:` section of a distillation config."""
 
     manifests: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)  # Lhotse Shar directories from `usad shards build` (instead of manifests)
     domain_weights: dict[str, float] = field(default_factory=lambda: {"speech": 1.0, "sound": 2.0, "music": 2.0})
     # If set, replaces domain_weights: speech gets this share of each epoch's crop-seconds
     # (sound and music weight 1), computed from the manifests (PAPER_SPEECH_SHARE = the paper's mix).
@@ -210,6 +346,10 @@ class DataConfig:
         cfg = cls(**dict(data))
         if isinstance(cfg.manifests, str):
             cfg.manifests = [cfg.manifests]
+        if isinstance(cfg.shards, str):
+            cfg.shards = [cfg.shards]
+        if cfg.manifests and cfg.shards:
+            raise ValueError("data: give data.manifests (TSV) or data.shards (Shar directories), not both")
         if cfg.crop not in ("random", "segments"):
             raise ValueError(f"data.crop must be 'random' or 'segments', got {cfg.crop!r}")
         bad = sorted(set(cfg.domain_weights) - set(DOMAINS))
@@ -235,10 +375,13 @@ def speech_share_weights(manifest: "Manifest | Sequence[ManifestEntry]", share: 
     m = manifest if isinstance(manifest, Manifest) else Manifest.from_entries(list(manifest))
     if not 0 < share < 1:
         raise ValueError(f"speech share must be between 0 and 1, got {share}")
-    seconds = m.num_samples / m.sample_rate
-    crops = np.where(seconds >= config.min_seconds, np.minimum(seconds, config.max_seconds), 0.0)
-    speech = float(crops[m.domain == DOMAINS.index("speech")].sum())
-    other = float(crops[m.domain != DOMAINS.index("speech")].sum())
+    speech = other = 0.0
+    for c in range(0, len(m), CHUNK):
+        seconds = m.num_samples[c : c + CHUNK] / m.sample_rate[c : c + CHUNK]
+        crops = np.where(seconds >= config.min_seconds, np.minimum(seconds, config.max_seconds), 0.0)
+        is_speech = m.domain[c : c + CHUNK] == DOMAINS.index("speech")
+        speech += float(crops[is_speech].sum())
+        other += float(crops[~is_speech].sum())
     if speech == 0 or other == 0:
         raise ValueError(f"a speech share needs both speech and non-speech clips of >= {config.min_seconds} s; "
                          f"the manifest has {speech:.0f} s of speech crops and {other:.0f} s of others")
@@ -258,12 +401,14 @@ class Crop:
 
 @dataclass
 class Plan:
-    """Crops as parallel arrays; micro-batch j holds items lo[j]:hi[j] (a contiguous, length-sorted run)."""
+    """An epoch's micro-batches: micro-batch j is units[lo[j]:hi[j]], a contiguous, length-sorted
+    run of crop units. It stores one integer per crop; the crops (random starts included) are
+    made when a batch is asked for, from (seed, epoch, lo[j]) alone, so any process that holds
+    the same arrays (or maps the same saved plan) makes the same crops."""
 
-    index: np.ndarray
-    start: np.ndarray
-    frames: np.ndarray
-    samples: np.ndarray
+    planner: "BatchPlanner"
+    epoch: int
+    units: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
 
@@ -271,34 +416,76 @@ class Plan:
         return int(self.lo.shape[0])
 
     def batch(self, j: int) -> list[Crop]:
-        return [
-            Crop(int(self.index[i]), int(self.start[i]), int(self.frames[i]), int(self.samples[i]))
-            for i in range(int(self.lo[j]), int(self.hi[j]))
-        ]
+        lo, hi = int(self.lo[j]), int(self.hi[j])
+        rng = np.random.default_rng([self.planner.seed, self.epoch, 2, lo])
+        index, start, frames, samples = self.planner.crops(np.asarray(self.units[lo:hi], dtype=np.int64), rng)
+        return [Crop(int(i), int(s), int(f), int(n)) for i, s, f, n in zip(index, start, frames, samples)]
 
     def batches(self) -> list[list[Crop]]:
         return [self.batch(j) for j in range(len(self))]
 
+    def save(self, directory: Path, key: Mapping[str, Any]) -> None:
+        """units/lo/hi as .npy files plus key.json in `directory`, which appears complete or not
+        at all (a process killed while saving or deleting a plan leaves no half plan behind)."""
+        tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in ("units", "lo", "hi"):
+            np.save(tmp / f"{name}.npy", getattr(self, name))
+        (tmp / "key.json").write_text(json.dumps(dict(key)))
+        remove_dir(directory)
+        os.replace(tmp, directory)
 
-def pack(
-    index: np.ndarray, start: np.ndarray, frames: np.ndarray, samples: np.ndarray, cap: int, pool: int
-) -> Plan:
+    @classmethod
+    def load(cls, planner: "BatchPlanner", epoch: int, directory: Path) -> "Plan":
+        arrays = [np.load(directory / f"{name}.npy", mmap_mode="r") for name in ("units", "lo", "hi")]
+        return cls(planner, epoch, *arrays)
+
+
+def remove_dir(directory: Path) -> None:
+    """Rename away, then delete: the directory vanishes at once, never half-deleted."""
+    if directory.exists():
+        trash = directory.with_name(f".trash-{directory.name}-{os.getpid()}")
+        os.replace(directory, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def pack(samples: np.ndarray, cap: int, pool: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Length bucketing: within consecutive pools of `pool` crops, sort longest first and cut
-    micro-batches whose padded size (count x longest) stays within `cap` samples."""
-    order = np.lexsort((-samples, np.arange(samples.shape[0]) // pool))
-    index, start, frames, samples = index[order], start[order], frames[order], samples[order]
-    lo, hi = [], []
-    for p0 in range(0, samples.shape[0], pool):
-        p, end = p0, min(p0 + pool, samples.shape[0])
-        while p < end:  # samples[p] is the longest of what is left in this pool
-            q = min(end, p + max(1, cap // int(samples[p])))
-            lo.append(p), hi.append(q)
-            p = q
-    return Plan(index, start, frames, samples, np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64))
+    micro-batches whose padded size (count x longest) stays within `cap` samples.
+
+    Returns (order, lo, hi): micro-batch j holds crops order[lo[j]:hi[j]], pool by pool. All
+    pools are cut at once, one numpy step per micro-batch of a pool (at most about
+    data.bucket_pool steps), not one Python step per micro-batch of the epoch."""
+    n = samples.shape[0]
+    rows = -(-n // pool)
+    padded = np.full(rows * pool, -1, dtype=np.int64)  # padding sorts after every real crop
+    padded[:n] = samples
+    within = np.argsort(-padded.reshape(rows, pool), axis=1, kind="stable")  # many small sorts, not one big one
+    order = (within + (np.arange(rows) * pool)[:, None]).reshape(-1)
+    order = order[order < n]
+    s = samples[order]
+    ends = np.minimum(np.arange(0, n, pool) + pool, n)
+    cursor = np.arange(0, n, pool)
+    active = np.arange(cursor.shape[0])
+    los, his = [], []
+    while active.shape[0]:
+        p = cursor[active]
+        q = np.minimum(ends[active], p + np.maximum(1, cap // s[p]))  # s[p]: the longest crop left in its pool
+        los.append(p), his.append(q)
+        cursor[active] = q
+        active = active[q < ends[active]]
+    lo = np.concatenate(los) if los else np.zeros(0, dtype=np.int64)
+    hi = np.concatenate(his) if his else np.zeros(0, dtype=np.int64)
+    by_position = np.argsort(lo, kind="stable")  # pool by pool, in cutting order
+    return order, lo[by_position], hi[by_position]
 
 
 class BatchPlanner:
-    """Deterministic epoch plans from (seed, epoch): which crops, and how they form micro-batches."""
+    """Deterministic epoch plans from (seed, epoch): which crops, and how they form micro-batches.
+
+    In `random` crop mode a unit is a manifest row (rows too short to use weigh 0), so no
+    per-unit array is built; `segments` mode keeps arrays of the fixed pieces."""
 
     def __init__(self, manifest: "Manifest | Sequence[ManifestEntry]", config: DataConfig, micro_seconds: float, seed: int) -> None:
         if micro_seconds < config.max_seconds:
@@ -311,12 +498,11 @@ class BatchPlanner:
         self.micro_samples = int(micro_seconds * SAMPLE_RATE)
         self.seed = seed
         m = self.entries
-        usable = m.num_samples >= config.min_seconds * m.sample_rate
-        self.skipped = Counter({"too_short": int((~usable).sum())})
-        files = np.nonzero(usable)[0]
-        if config.crop == "random":  # a unit is a whole file; a random crop of it is drawn each epoch
-            self.unit_index, self.unit_start, self.unit_frames = files, np.zeros_like(files), m.num_samples[files]
-        else:  # a unit is one of the consecutive max_seconds pieces of a file
+        too_short = sum(int(self._too_short(c, min(len(m), c + CHUNK)).sum()) for c in range(0, len(m), CHUNK))
+        self.skipped = Counter({"too_short": too_short})
+        self.unit_index: "np.ndarray | None" = None
+        if config.crop == "segments":  # a unit is one of the consecutive max_seconds pieces of a file
+            files = np.nonzero(m.num_samples >= config.min_seconds * m.sample_rate)[0]
             seg = (config.max_seconds * m.sample_rate[files]).astype(np.int64)
             reps = -(-m.num_samples[files] // seg)
             index = np.repeat(files, reps)
@@ -329,47 +515,78 @@ class BatchPlanner:
         if config.speech_share is not None:
             weights = speech_share_weights(self.entries, config.speech_share, config)
         self.domain_weights = weights
-        by_domain = np.asarray([weights.get(d, 1.0) for d in DOMAINS])
-        self.unit_weight = by_domain[m.domain[self.unit_index]]
-        if self.skipped["too_short"]:
-            log.warning("%d manifest files are shorter than %.2f s and are skipped", self.skipped["too_short"], config.min_seconds)
+        self.by_domain = np.asarray([weights.get(d, 1.0) for d in DOMAINS])
+        if too_short:
+            log.warning("%d manifest files are shorter than %.2f s and are skipped", too_short, config.min_seconds)
+
+    def _too_short(self, lo: int, hi: int) -> np.ndarray:
+        m = self.entries
+        return m.num_samples[lo:hi] < self.config.min_seconds * m.sample_rate[lo:hi]
 
     @property
     def num_units(self) -> int:
-        return int(self.unit_index.shape[0])
+        return len(self.entries) if self.unit_index is None else int(self.unit_index.shape[0])
+
+    def unit_weights(self, lo: int, hi: int) -> np.ndarray:
+        """Domain weights of units lo..hi (0 for files too short to use)."""
+        if self.unit_index is None:
+            return self.by_domain[self.entries.domain[lo:hi]] * ~self._too_short(lo, hi)
+        return self.by_domain[self.entries.domain[self.unit_index[lo:hi]]]
 
     def crops(self, units: np.ndarray, rng: "np.random.Generator | None") -> tuple[np.ndarray, ...]:
         """(index, start, frames, samples) of crops of `units`: a random max_seconds window of each
-        file in `random` mode (rng needed), the unit itself in `segments` mode."""
-        index, start, frames = self.unit_index[units], self.unit_start[units], self.unit_frames[units]
-        sr = self.entries.sample_rate[index]
+        file in `random` mode (at the start without an rng: the lengths alone), the unit itself in
+        `segments` mode."""
+        m = self.entries
+        if self.unit_index is None:
+            index, start, frames = units, np.zeros_like(units), m.num_samples[units]
+        else:
+            index, start, frames = self.unit_index[units], self.unit_start[units], self.unit_frames[units]
+        sr = m.sample_rate[index].astype(np.int64)
         if self.config.crop == "random":
-            assert rng is not None
             longest = (self.config.max_seconds * sr).astype(np.int64)
-            slack = np.maximum(frames - longest, 0)
-            start = start + (rng.random(units.shape[0]) * (slack + 1)).astype(np.int64)
+            if rng is not None:
+                start = start + (rng.random(units.shape[0]) * (np.maximum(frames - longest, 0) + 1)).astype(np.int64)
             frames = np.minimum(frames, longest)
         samples = -(-frames * SAMPLE_RATE // sr)  # ceil: the length after resampling to 16 kHz
         return index, start, frames, samples
 
     def epoch(self, epoch: int) -> Plan:
-        """All micro-batches of one epoch, in training order."""
+        """All micro-batches of one epoch, in training order (vectorised in chunks of CHUNK rows)."""
         rng = np.random.default_rng([self.seed, epoch])
-        w = self.unit_weight
-        repeats = np.floor(w).astype(np.int64) + (rng.random(w.shape[0]) < (w - np.floor(w)))
-        order = rng.permutation(np.repeat(np.arange(self.num_units), repeats))
+        n = self.num_units
+        repeats = np.empty(n, dtype=np.uint16)
+        for c in range(0, n, CHUNK):
+            w = self.unit_weights(c, min(n, c + CHUNK))
+            repeats[c : c + CHUNK] = np.floor(w) + (rng.random(w.shape[0]) < (w - np.floor(w)))
+        units = rng.permutation(np.repeat(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64), repeats))
+        del repeats
         longest = int(self.config.max_seconds * SAMPLE_RATE)
         pool = self.config.bucket_pool * max(1, self.micro_samples // longest)
-        plan = pack(*self.crops(order, rng), self.micro_samples, pool)
-        shuffle = rng.permutation(len(plan))
-        plan.lo, plan.hi = plan.lo[shuffle], plan.hi[shuffle]
-        return plan
+        step = pool * max(1, CHUNK // pool)  # whole pools per chunk
+        los, his = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        for c in range(0, units.shape[0], step):
+            part = units[c : c + step]
+            order, lo, hi = pack(self.crops(part.astype(np.int64), None)[3], self.micro_samples, pool)
+            units[c : c + step] = part[order]
+            los.append(lo + c), his.append(hi + c)
+        lo, hi = np.concatenate(los), np.concatenate(his)
+        shuffle = rng.permutation(lo.shape[0])
+        return Plan(self, epoch, units, lo[shuffle], hi[shuffle])
+
+    def plan_of(self, units: np.ndarray) -> Plan:
+        """`units` packed as one pool, unshuffled (the target cache's pass over fixed segments)."""
+        order, lo, hi = pack(self.crops(units, None)[3], self.micro_samples, max(1, units.shape[0]))
+        return Plan(self, 0, units[order], lo, hi)
 
     def refill(self, epoch: int, position: int) -> Iterator[Crop]:
         """Replacement crops for an emptied micro-batch, random but fixed by (seed, epoch, position)."""
         rng = np.random.default_rng([self.seed, epoch, position, 1])
         while True:
-            index, start, frames, samples = self.crops(rng.integers(self.num_units, size=1), rng)
+            unit = rng.integers(self.num_units, size=1)
+            if self.unit_index is None and self._too_short(int(unit[0]), int(unit[0]) + 1)[0]:
+                continue
+            index, start, frames, samples = self.crops(unit, rng)
             yield Crop(int(index[0]), int(start[0]), int(frames[0]), int(samples[0]))
 
 
@@ -380,12 +597,12 @@ class SkippedFile(Exception):
         self.kind = kind
 
 
-def load_crop(entry: ManifestEntry, crop: Crop, silence_threshold: float, min_samples: int) -> torch.Tensor:
-    """16 kHz mono float32 [N] for one crop, or SkippedFile(kind) when it must not be trained on."""
-    import soundfile as sf
-
+def load_crop(source: Manifest, crop: Crop, silence_threshold: float, min_samples: int) -> torch.Tensor:
+    """16 kHz mono float32 [N] for one crop of `source` (a manifest or shards), or
+    SkippedFile(kind) when it must not be trained on."""
+    entry = source[crop.index]
     try:
-        data, sr = sf.read(entry.path, start=crop.start, frames=crop.frames, dtype="float32", always_2d=True)
+        data, sr = source.read(crop.index, crop.start, crop.frames)
     except Exception as exc:  # any decoder failure: missing, truncated, corrupt, not audio
         raise SkippedFile("unreadable", f"{entry.path}: {exc}") from None
     if sr != entry.sample_rate:
@@ -435,7 +652,7 @@ class MicroBatches(torch.utils.data.Dataset):
 
     def _load(self, crop: Crop) -> tuple[torch.Tensor, "dict | None"]:
         entry = self.planner.entries[crop.index]
-        wav = load_crop(entry, crop, self.planner.config.silence_threshold, self.min_samples)
+        wav = load_crop(self.planner.entries, crop, self.planner.config.silence_threshold, self.min_samples)
         targets = None
         if self.cache is not None:
             targets = self.cache.read(entry, crop)
@@ -509,11 +726,13 @@ class DistillData:
         rank: int = 0,
         grad_accum: int = 1,
         cache: "Any | None" = None,
+        plan_dir: "str | Path | None" = None,
     ) -> None:
         self.group = world_size * grad_accum
         self.planner = BatchPlanner(entries, config, batch_seconds / self.group, seed)
         self.world_size, self.rank, self.grad_accum = world_size, rank, grad_accum
         self.cache = cache
+        self.plan_dir = Path(plan_dir) if plan_dir is not None else None
         self.epoch, self.step = 0, 0
         self._plan: "tuple[int, Plan] | None" = None
 
@@ -522,8 +741,33 @@ class DistillData:
 
     def _epoch_plan(self, epoch: int) -> Plan:
         if self._plan is None or self._plan[0] != epoch:
-            self._plan = (epoch, self.planner.epoch(epoch))
+            self._plan = (epoch, self._shared_plan(epoch) if self.plan_dir is not None else self.planner.epoch(epoch))
         return self._plan[1]
+
+    def _shared_plan(self, epoch: int) -> Plan:
+        """Rank 0 plans the epoch into plan_dir; every rank (after a barrier) maps that one copy.
+        A saved plan is reused only if it was made for this data and these settings."""
+        import torch.distributed as dist
+
+        assert self.plan_dir is not None
+        directory = self.plan_dir / f"epoch_{epoch:06d}"
+        m = self.planner.entries
+        key = {"seed": self.planner.seed, "micro_samples": self.planner.micro_samples, "units": self.planner.num_units,
+               "config": dataclasses.asdict(self.planner.config) | {"num_workers": None},
+               "seconds": round(m.seconds, 3), "weights": self.planner.domain_weights}
+        if self.rank == 0:
+            try:
+                fresh = json.loads((directory / "key.json").read_text()) != json.loads(json.dumps(key))
+            except (OSError, ValueError):
+                fresh = True
+            if fresh:
+                self.planner.epoch(epoch).save(directory, key)
+            for old in self.plan_dir.glob("epoch_*"):  # earlier epochs are done with
+                if old.name < directory.name:
+                    remove_dir(old)
+        if dist.is_initialized():
+            dist.barrier()
+        return Plan.load(self.planner, epoch, directory)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "step": self.step}

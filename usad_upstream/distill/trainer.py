@@ -37,8 +37,9 @@ from ..frontend import batch_fbank, check_waveforms, num_fbank_frames
 from ..model import ConvSubsampling, UsadModel
 from ..teachers.base import Teacher
 from .config import resume_conflicts
-from .data import SKIP_KINDS, DataConfig, DistillData, Manifest, read_manifest
+from .data import SKIP_KINDS, DataConfig, DistillData
 from .objective import DistillObjective, ObjectiveOutput, Targets, TeacherSpec, layer_mapping
+from .shards import open_data
 
 log = logging.getLogger(__name__)
 CKPT_GLOB = "step_*.pt"
@@ -234,9 +235,10 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     run_dir = Path(config["run_dir"])
     data_cfg = DataConfig.from_dict(config["data"])
     k = config["objective"]["num_layers"]
-    entries = Manifest.concat([read_manifest(m) for m in data_cfg.manifests])
+    entries = open_data(data_cfg.manifests, data_cfg.shards)
     if not len(entries):
-        raise ValueError("data.manifests lists no audio: set data.manifests=[manifest.tsv] (see `usad manifest build`)")
+        raise ValueError("data.manifests lists no audio: set data.manifests=[manifest.tsv] (see `usad manifest build`) "
+                         "or data.shards=[DIR] (see `usad shards build`)")
 
     # --- resume? the run dir's config must match what is asked for now
     ckpt_path = latest_checkpoint(run_dir)
@@ -252,9 +254,11 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
                 f"{ckpt_path} was trained with world_size x grad_accum = {state['micro_batches_per_step']} micro-batches "
                 f"per step, this run has {world} x {tc['grad_accum']}: set train.grad_accum so the product matches"
             )
-    if rank == 0:
+    if rank == 0:  # atomically: after an elastic restart the other ranks may be reading it right now
+        from ..checkpoint import atomic_write
+
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write(saved_cfg, lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
 
     # --- teachers (or their cached targets) and the model
     cache = None
@@ -292,7 +296,9 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc["warmup_steps"], tc["max_steps"]))
 
-    data = DistillData(entries, data_cfg, tc["batch_seconds"], tc["seed"], world, rank, tc["grad_accum"], cache)
+    # several processes: rank 0 plans each epoch into run_dir/plans, every rank maps that one copy
+    plan_dir = run_dir / "plans" if world > 1 else None
+    data = DistillData(entries, data_cfg, tc["batch_seconds"], tc["seed"], world, rank, tc["grad_accum"], cache, plan_dir)
     if data_cfg.speech_share is not None and rank == 0:
         print(f"data.speech_share {data_cfg.speech_share}: domain weights {data.planner.domain_weights}")
 
