@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,7 @@ def _cache(args: argparse.Namespace) -> int:
 
     from .cache import TargetCache, build_cache
     from .data import DataConfig, Manifest, read_manifest
-    from .trainer import build_teachers, distilled_teacher_layers, teacher_specs
+    from .trainer import build_teachers, teacher_layer_lists, teacher_specs
 
     config = load_config(args.config, args.overrides)
     if not config["cache"]["dir"]:
@@ -53,8 +52,7 @@ def _cache(args: argparse.Namespace) -> int:
     device = _device(config)
     teachers = {n: t.to(device) for n, t in build_teachers(config["teachers"]).items()}
     specs = {s.name: s for s in teacher_specs(config, teachers)}
-    k = config["objective"]["num_layers"]
-    layers = {n: distilled_teacher_layers(s.num_layers, k) for n, s in specs.items()}
+    layers = teacher_layer_lists(list(specs.values()), config["objective"]["num_layers"])
     cache = TargetCache.create(config["cache"]["dir"], TargetCache.describe(config["teachers"], specs, layers, data))
     entries = Manifest.concat([read_manifest(m) for m in data.manifests])
     with torch.inference_mode():
@@ -75,36 +73,10 @@ def _device(config: dict) -> "torch.device":
 
 def export_student(run_checkpoint: "str | Path", output: "str | Path") -> Path:
     """Student weights of a distillation checkpoint (heads dropped) -> a USAD .safetensors file."""
-    import torch
+    from ..checkpoint import save_checkpoint
+    from .student import student_from_run
 
-    from ..checkpoint import CheckpointError, save_checkpoint
-    from ..model import build_model
-    from ..presets import UsadConfig
-    from .trainer import latest_checkpoint
-
-    path = Path(run_checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise ValueError(f"{path}: no checkpoints/step_*.pt in this run directory")
-        path = found
-    if not path.is_file():
-        raise ValueError(f"run checkpoint not found: {path}")
-    not_ours = f"{path}: not a `usad distill` checkpoint (a step_*.pt under RUN_DIR/checkpoints)"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{not_ours}: torch.load failed ({exc})") from None
-    missing = [k for k in ("student_config", "student") if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"{not_ours}: no {missing} entries (`usad info` reads exported .safetensors files)")
-    try:
-        config = UsadConfig.from_dict(state["student_config"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: its student_config is not a USAD model config ({exc})") from None
-    weights = state["student"]
-    model = build_model(config)
-    model.load_state_dict(weights)
+    path, state, model = student_from_run(run_checkpoint)
     extra = {"distilled_step": str(state.get("step")), "distilled_from": str(path.resolve())}
     return save_checkpoint(model, output, extra=extra)
 
