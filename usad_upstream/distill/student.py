@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_model
+from ..checkpoint import HOW_TO_GET, CheckpointError, load_model
 from ..model import UsadModel, build_model
 from ..presets import UsadConfig
 
@@ -55,6 +55,8 @@ def student_from_run(path: "str | Path") -> tuple[Path, dict, UsadModel]:
 def load_student(path: "str | Path") -> UsadModel:
     """A student from a .safetensors checkpoint (ours or released), a run checkpoint or a run dir."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}; {HOW_TO_GET}")
     if path.is_file():
         with open(path, "rb") as handle:
             head = handle.read(2)
