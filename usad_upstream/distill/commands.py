@@ -115,7 +115,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "distill",
         help="distil a USAD student from frozen teachers (also under torchrun)",
         description="Train (or resume, when run_dir holds checkpoints). Presets: tiny, small_ablation, small, base, "
-        "large, or a YAML file. With cache.dir=DIR, train from targets stored by `usad distill-cache`.",
+        "large (USAD), usad2_<size>_stage1 / usad2_<size>_stage2 (USAD 2.0), or a YAML file. With cache.dir=DIR, "
+        "train from targets stored by `usad distill-cache`.",
     )
     p.add_argument("--config", required=True, help="preset name or YAML file")
     p.add_argument("overrides", nargs="*", help=overrides_help)
