@@ -88,9 +88,9 @@ FULL = Usad2Budget(
 )
 # A smoke run of every stage on the test suite's corpora: a task of each domain, the students only.
 QUICK = Usad2Budget(
-    corpora_size="test", pool_size="test", teachers={"speech": (20, 4), "sound": (20, 4), "music": (20, 4)},
-    distill_steps=12, distill_batch_seconds=12.0,
-    superb_steps={"PR": 10}, superb_lr=1e-3, superb_accumulate=1,
+    corpora_size="test", pool_size="test", teachers={"speech": (10, 4), "sound": (10, 4), "music": (10, 4)},
+    distill_steps=8, distill_batch_seconds=12.0,
+    superb_steps={"PR": 6}, superb_lr=1e-3, superb_accumulate=1,
     hear_tasks=("keywords", "pitch", "event_detection"), hear_grid="faster", hear_grid_points=1, eval_teachers=False,
 )
 
