@@ -19,10 +19,11 @@ $(STAMP): requirements/constraints.txt setup.cfg pyproject.toml
 	$(PIP) install -q --no-deps $(HEAR_NODEPS) $(TEACHER_NODEPS)
 	touch $@
 
-# `make demo` (<= 40 min on 2 cores), `make demo QUICK=1` (<= 10 min), `make demo FORCE=1` (rebuild all).
-# Finished stages are skipped on rerun; logs per stage under runs/demo[-quick]/logs/.
+# `make demo` (<= 40 min on 2 cores), `make demo QUICK=1` (<= 10 min), `make demo FORCE=1` (rebuild all),
+# `make demo RECIPE=usad2` (USAD 2.0's three teachers and domain weighting, <= 60 min).
+# Finished stages are skipped on rerun; logs per stage under runs/demo[-usad2][-quick]/logs/.
 demo: setup
-	$(PY) -m downstream_recipes.cli demo run $(if $(QUICK),--quick) $(if $(FORCE),--force)
+	$(PY) -m downstream_recipes.cli demo run $(if $(QUICK),--quick) $(if $(FORCE),--force) $(if $(RECIPE),--recipe $(RECIPE))
 
 test: setup
 	$(PY) -m pytest -q tests

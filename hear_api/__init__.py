@@ -30,16 +30,18 @@ __all__ = ["load_model", "get_timestamp_embeddings", "get_scene_embeddings", "Us
 POOLINGS = ("mean", "concat")
 OPTIONS = ("layers", "pooling", "max_fbank_frames", "target_layer", "trust_remote_code")
 
-# Frame j of the encoder is centred on fbank frame 2j (conv kernel 3, padding 1, stride 2, then
-# stride 1): fbank frame k spans samples [160k, 160k + 400), so frame j is centred on sample
-# 320j + 200, i.e. 20j + 12.5 ms. Exact for every input length: no frame is dropped or shifted.
-# At 25 Hz (a second time stride 2, padding 1) frame j is centred on fbank frame 4j: 640j + 200.
+# Frame j of the encoder is centred on fbank frame s*j, s the time stride (2 at 50 Hz, 4 at 25 Hz:
+# each stride-2 conv has kernel 3 and padding 1, so output j is centred on its input 2j): fbank
+# frame k spans samples [160k, 160k + 400), so frame j is centred on sample 160*s*j + 200 =
+# downsample_rate*j + 200, i.e. 20j + 12.5 ms at 50 Hz and 40j + 12.5 ms at 25 Hz. Exact for every
+# input length: no frame is dropped or shifted.
 _FIRST_CENTRE_SAMPLES = MIN_SAMPLES / 2
 
 
-def frame_timestamps_ms(num_frames: int, hop: int = DOWNSAMPLE_RATE) -> torch.Tensor:
-    """Centres, in ms, of the first `num_frames` encoder frames `hop` samples apart: 12.5, 32.5, ..."""
-    centre = torch.arange(num_frames, dtype=torch.float64) * hop + _FIRST_CENTRE_SAMPLES
+def frame_timestamps_ms(num_frames: int, downsample_rate: int = DOWNSAMPLE_RATE) -> torch.Tensor:
+    """Centres, in ms, of the first `num_frames` encoder frames: 12.5, 32.5, 52.5, ... at 50 Hz
+    (downsample_rate 320), 12.5, 52.5, 92.5, ... at 25 Hz (640)."""
+    centre = torch.arange(num_frames, dtype=torch.float64) * downsample_rate + _FIRST_CENTRE_SAMPLES
     return (centre * 1000.0 / SAMPLE_RATE).float()
 
 
@@ -82,7 +84,7 @@ class UsadHearModel(nn.Module):
         check_waveforms(audio)
         if not isinstance(self.encoder, UsadModel):
             return None
-        return int(ConvSubsampling.output_lengths(num_fbank_frames(torch.tensor(audio.shape[1]))))
+        return int(ConvSubsampling.output_lengths(num_fbank_frames(torch.tensor(audio.shape[1])), self.encoder.config.time_stride))
 
     def embedding_chunks(self, audio: torch.Tensor) -> Iterator[torch.Tensor]:
         """Validate audio [n, N], move the encoder to its device, and yield consecutive
@@ -185,7 +187,8 @@ def _check_model(model: object) -> UsadHearModel:
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: UsadHearModel) -> tuple[torch.Tensor, torch.Tensor]:
     """audio [n_sounds, n_samples] at 16 kHz -> (embeddings [n_sounds, n_frames, size] float32,
-    timestamps [n_sounds, n_frames] = frame centres in ms, 20 ms apart, starting at 12.5 ms)."""
+    timestamps [n_sounds, n_frames] = frame centres in ms, 20 ms apart (40 ms for a 25 Hz model),
+    starting at 12.5 ms)."""
     model = _check_model(model)
     with torch.inference_mode():
         total = model.num_frames(audio)
@@ -199,8 +202,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: UsadHearModel) -> tuple
                 out[:, start : start + piece.shape[1]] = piece
                 start += piece.shape[1]
             assert start == total, (start, total)
-        hop = model.encoder.downsample_rate
-        timestamps = frame_timestamps_ms(total, hop).to(out.device).expand(out.shape[0], total).contiguous()
+        timestamps = frame_timestamps_ms(total, model.encoder.downsample_rate).to(out.device).expand(out.shape[0], total).contiguous()
     return out, timestamps
 
 

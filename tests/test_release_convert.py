@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 
 from release_standins import copy_snapshot, speech_like, standin_v1, standin_v2  # noqa: F401 (fixtures)
 from usad_upstream import load_model
-from usad_upstream.presets import UsadConfig
 from usad_upstream.release import load_encoder, resolve_checkpoint
 from usad_upstream.release import convert as conv
 from usad_upstream.release.backend import TRUST_ENV
@@ -116,9 +115,5 @@ def test_the_release_window_is_read_from_its_code_and_checked_past_30_s(
 
 def test_25_hz_release(standin_v2: Path) -> None:
     resolved = resolve_checkpoint(standin_v2)
-    if "frame_rate" not in {f.name for f in dataclasses.fields(UsadConfig)}:
-        with pytest.raises(conv.ConvertError, match="a 25 Hz release; the native model has no frame_rate option yet"):
-            conv.convert(resolved, trust_remote_code=True)
-        return
-    model, _ = conv.convert(resolved, trust_remote_code=True)  # once the model has 25 Hz, it must verify
-    assert model.downsample_rate == 640
+    model, _ = conv.convert(resolved, trust_remote_code=True)  # verified against the release's own code
+    assert model.config.frame_rate == 25 and model.downsample_rate == 640

@@ -288,14 +288,14 @@ def distill_step(
 
     student = build_model(size).to(device)
     specs = [TeacherSpec(n, t.num_layers, t.dim, float(t.frame_rate)) for n, t in teachers.items()]
-    objective = DistillObjective(student.config.dim, student.config.layers, specs).to(device)
+    objective = DistillObjective(student.config.dim, student.config.layers, specs, student_rate=float(student.config.frame_rate)).to(device)
     distiller = Distiller(student, objective, torch.bfloat16 if device.type == "cuda" else None).train()
     model = torch.compile(distiller) if compile_student else distiller
     optimizer = torch.optim.AdamW([p for p in distiller.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
 
     def step(wavs: torch.Tensor, lens: torch.Tensor) -> float:
         targets = teacher_targets(teachers, objective, wavs, lens, distiller.autocast_dtype)
-        normalizer = objective.frame_counts(student_frames(lens), targets)
+        normalizer = objective.frame_counts(student_frames(lens, student.config.time_stride), targets)
         loss = model(wavs, lens, targets, normalizer).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

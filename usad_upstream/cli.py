@@ -14,7 +14,9 @@ import sys
 from typing import Sequence
 
 # Library modules that add subcommands (each defines `register(subparsers)`).
-LIBRARY_COMMANDS: tuple[str, ...] = ("usad_upstream.bench", "usad_upstream.hear", "usad_upstream.distill.commands")
+LIBRARY_COMMANDS: tuple[str, ...] = (
+    "usad_upstream.bench", "usad_upstream.hear", "usad_upstream.distill.commands", "usad_upstream.upscale",
+)
 
 
 class UsageError(ValueError):

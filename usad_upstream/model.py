@@ -13,7 +13,7 @@ from .attention import POSITION_ENCODINGS, RelPositionSelfAttention
 from .frontend import batch_fbank, check_waveforms
 from .presets import UsadConfig, resolve_config
 
-DOWNSAMPLE_RATE = 320  # samples per output frame (20 ms at 16 kHz)
+DOWNSAMPLE_RATE = 320  # samples per output frame of a 50 Hz model (20 ms at 16 kHz); 25 Hz models: 640
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> "torch.Tensor | None":
@@ -28,28 +28,38 @@ def _zero_padded(x: torch.Tensor, pad: "torch.Tensor | None") -> torch.Tensor:
 
 
 class ConvSubsampling(nn.Module):
-    """Two 3x3 convs: mel 128 -> 63 -> 31 (stride 2, no padding), time 100 Hz -> 50 Hz, then Linear+LN."""
+    """Two 3x3 convs: mel 128 -> 63 -> 31 (stride 2, no padding), time 100 Hz -> 50 Hz, then Linear+LN.
+    With time_stride=4 the second conv strides time by 2 as well (USAD 2.0's 25 Hz models)."""
 
-    def __init__(self, n_mels: int, channels: int, dim: int) -> None:
+    def __init__(self, n_mels: int, channels: int, dim: int, time_stride: int = 2) -> None:
         super().__init__()
+        if time_stride not in (2, 4):
+            raise ValueError(f"ConvSubsampling: time_stride must be 2 (50 Hz) or 4 (25 Hz), got {time_stride}")
+        self.time_stride = time_stride
         self.conv1 = nn.Conv2d(1, channels, 3, stride=(2, 2), padding=(1, 0))
-        self.conv2 = nn.Conv2d(channels, channels, 3, stride=(1, 2), padding=(1, 0))
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=(time_stride // 2, 2), padding=(1, 0))
         freq = ((n_mels - 3) // 2 + 1 - 3) // 2 + 1
         self.proj = nn.Linear(channels * freq, dim)
         self.norm = nn.LayerNorm(dim)
 
     @staticmethod
-    def output_lengths(frame_lens: torch.Tensor) -> torch.Tensor:
-        return torch.div(frame_lens - 1, 2, rounding_mode="floor") + 1
+    def output_lengths(frame_lens: torch.Tensor, time_stride: int = 2) -> torch.Tensor:
+        """Output frames for `frame_lens` fbank frames: each stride-2 conv (kernel 3, padding 1)
+        gives (n - 1) // 2 + 1."""
+        lengths = frame_lens
+        for _ in range(time_stride // 2):
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return lengths
 
     def forward(self, feats: torch.Tensor, frame_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats [B, F, mels] (zero beyond frame_lens) -> ([B, T, D], lengths [B])."""
-        lengths = self.output_lengths(frame_lens)
-        pad = padding_mask(lengths, self.output_lengths(torch.tensor(feats.shape[1])).item())
-        x = F.relu(self.conv1(feats.unsqueeze(1)))  # [B, C, T, F']
-        if pad is not None:  # zeros beyond each item's end, exactly what running it alone would see
-            x = x.masked_fill(pad[:, None, :, None], 0.0)
+        x = F.relu(self.conv1(feats.unsqueeze(1)))  # [B, C, T', F']
+        mid = padding_mask(self.output_lengths(frame_lens), x.shape[2])
+        if mid is not None:  # zeros beyond each item's end, exactly what running it alone would see
+            x = x.masked_fill(mid[:, None, :, None], 0.0)
         x = F.relu(self.conv2(x))
+        lengths = self.output_lengths(frame_lens, self.time_stride)
+        pad = padding_mask(lengths, x.shape[2])
         b, c, t, f = x.shape
         x = self.norm(self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f)))
         return _zero_padded(x, pad), lengths
@@ -111,7 +121,7 @@ class UsadModel(nn.Module):
     def __init__(self, config: UsadConfig) -> None:
         super().__init__()
         self.config = config
-        self.subsampling = ConvSubsampling(config.n_mels, config.conv_channels, config.dim)
+        self.subsampling = ConvSubsampling(config.n_mels, config.conv_channels, config.dim, config.time_stride)
         self.pos_conv = ConvPositionalEncoder(
             config.dim, config.pos_conv_depth, config.pos_conv_kernel, config.pos_conv_groups
         )
@@ -125,7 +135,8 @@ class UsadModel(nn.Module):
 
     @property
     def downsample_rate(self) -> int:
-        return DOWNSAMPLE_RATE
+        """16 kHz samples per output frame: 320 (50 Hz) or 640 (25 Hz)."""
+        return self.config.downsample_rate
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

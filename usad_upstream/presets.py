@@ -5,6 +5,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+FBANK_RATE = 100  # fbank frames per second (10 ms shift)
+FRAME_RATES = (50, 25)
+
 
 @dataclass(frozen=True)
 class UsadConfig:
@@ -26,6 +29,10 @@ class UsadConfig:
     ffn_residual_scale: float = 1.0  # 0.5: the release's half_step_residual
     position_encoding: str = "relative"  # or "absolute_shift" (see attention.POSITION_ENCODINGS)
     attention_scale: str = "head_dim"  # scores / sqrt(head_dim), or "model_dim": / sqrt(dim)
+    # Output frames per second: 50 (USAD, 20 ms hop) or 25 (USAD 2.0's XLarge / XXLarge: one more
+    # time stride of 2 in the conv subsampling, 40 ms hop). Checkpoints written before this field
+    # existed have no value and load as 50 Hz.
+    frame_rate: int = 50
     name: str = "custom"
     extra: dict = field(default_factory=dict)
 
@@ -38,14 +45,30 @@ class UsadConfig:
             )
         if self.pos_conv_kernel % 2 == 0:
             raise ValueError(f"UsadConfig: pos_conv_kernel must be odd, got {self.pos_conv_kernel}")
-        if self.max_fbank_frames < 2 or self.max_fbank_frames % 2:
-            raise ValueError(f"UsadConfig: max_fbank_frames must be even and >= 2, got {self.max_fbank_frames}")
+        if type(self.frame_rate) is not int or self.frame_rate not in FRAME_RATES:
+            raise ValueError(f"UsadConfig: frame_rate must be one of {list(FRAME_RATES)} (Hz), got {self.frame_rate!r}")
+        stride = self.time_stride
+        if self.max_fbank_frames < stride or self.max_fbank_frames % stride:
+            raise ValueError(
+                f"UsadConfig: max_fbank_frames must be {'even' if stride == 2 else f'a multiple of {stride}'} "
+                f"(the time stride at {self.frame_rate} Hz) and >= {stride}, got {self.max_fbank_frames}"
+            )
         for field_name, allowed in (("position_encoding", ("relative", "absolute_shift")),
                                     ("attention_scale", ("head_dim", "model_dim"))):
             if getattr(self, field_name) not in allowed:
                 raise ValueError(f"UsadConfig: {field_name} must be one of {list(allowed)}, got {getattr(self, field_name)!r}")
         if not self.ffn_residual_scale > 0:
             raise ValueError(f"UsadConfig: ffn_residual_scale must be > 0, got {self.ffn_residual_scale}")
+
+    @property
+    def time_stride(self) -> int:
+        """fbank frames (100 Hz) per output frame: 2 at 50 Hz, 4 at 25 Hz."""
+        return FBANK_RATE // self.frame_rate
+
+    @property
+    def downsample_rate(self) -> int:
+        """16 kHz samples per output frame: 320 at 50 Hz, 640 at 25 Hz."""
+        return 16000 // self.frame_rate
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,6 +87,11 @@ PRESETS: dict[str, UsadConfig] = {
     "small": UsadConfig(dim=384, layers=12, heads=6, name="small"),
     "base": UsadConfig(dim=768, layers=12, heads=12, name="base"),
     "large": UsadConfig(dim=1024, layers=24, heads=16, name="large"),
+    # USAD 2.0 (RELEASED.md): 1280 x 32 and 1280 x 48 at 25 Hz, 695M and 1036M parameters. Heads are
+    # not published: 20 keeps the 64-d heads of every v1 size (384/6, 768/12, 1024/16) and is
+    # Whisper-large's 20 x 64 at the same width; the count does not change the parameters.
+    "xlarge": UsadConfig(dim=1280, layers=32, heads=20, frame_rate=25, name="xlarge"),
+    "xxlarge": UsadConfig(dim=1280, layers=48, heads=20, frame_rate=25, name="xxlarge"),
 }
 
 

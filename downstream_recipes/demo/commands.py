@@ -6,11 +6,14 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import Demo
+    if args.recipe == "usad2":
+        from .usad2 import Usad2Demo as Demo
+    else:
+        from .pipeline import Demo
 
-    suffix = "-quick" if args.quick else ""
+    suffix = ("-usad2" if args.recipe == "usad2" else "") + ("-quick" if args.quick else "")
     run_dir = Path(args.run_dir or f"runs/demo{suffix}")
-    results = Path(args.results or (run_dir / "leaderboard" if args.quick else "results/demo"))
+    results = Path(args.results or (run_dir / "leaderboard" if args.quick else f"results/demo{suffix}"))
     paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs)()
     print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -22,13 +25,12 @@ def _teacher(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .teachers import TeacherBudget, train_audio_teacher, train_speech_teacher
+    from .teachers import TRAINERS, TeacherBudget
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     budget = TeacherBudget(steps=args.steps, batch=args.batch, lr=args.lr)
-    train = train_speech_teacher if args.kind == "speech" else train_audio_teacher
-    report = train(Path(args.corpora), Path(args.output), budget, seed=args.seed, progress=lambda m: print(m, flush=True))
+    report = TRAINERS[args.kind](Path(args.corpora), Path(args.output), budget, seed=args.seed, progress=lambda m: print(m, flush=True))
     Path(str(args.output) + ".json").write_text(json.dumps(report, indent=1))
     print(f"wrote {args.output} ({report['format']}); trained on {report['tasks']}")
     return 0
@@ -40,12 +42,16 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p = inner.add_parser("run", help="run (or resume) the whole demo; finished stages are skipped")
     p.add_argument("--quick", action="store_true", help="the <= 10 min version (fewer steps, fewer HEAR tasks)")
     p.add_argument("--force", action="store_true", help="delete the run directory first and rebuild everything")
-    p.add_argument("--run-dir", help="work directory (default: runs/demo, or runs/demo-quick)")
-    p.add_argument("--results", help="leaderboard directory (default: results/demo; with --quick, RUN_DIR/leaderboard)")
+    p.add_argument("--run-dir", help="work directory (default: runs/demo, runs/demo-quick; usad2: runs/demo-usad2[-quick])")
+    p.add_argument("--results", help="leaderboard directory (default: results/demo or results/demo-usad2; with --quick, RUN_DIR/leaderboard)")
+    p.add_argument("--recipe", choices=["usad", "usad2"], default="usad",
+                   help="usad: two teachers, one student (make demo); usad2: speech, sound and music teachers, "
+                   "students with and without domain-aware weighting (default: usad)")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one CPU thread each (default 2; 1: one at a time, all threads)")
     p.set_defaults(func=_run)
     p = inner.add_parser("teacher", help="train one small domain teacher on training splits (a demo stage)")
-    p.add_argument("kind", choices=["speech", "audio"])
+    p.add_argument("kind", choices=["speech", "audio", "sound", "music"],
+                   help="speech or audio (make demo's two teachers); sound or music (the usad2 recipe's)")
     p.add_argument("--corpora", required=True, help="folder written by `usad corpora build`")
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.pt for speech, .ckpt for audio)")
     p.add_argument("--steps", type=int, required=True)

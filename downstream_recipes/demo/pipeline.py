@@ -329,24 +329,37 @@ class Demo:
         student_evals = [s for s in evals if s.name.endswith("usad_student")]
         return builds + teachers + [distill, export] + student_evals + [s for s in evals if s not in student_evals]
 
+    def eval_models(self, student: Path) -> dict[str, tuple[list, list, tuple[str, ...]]]:
+        """Each evaluated model -> (its s3prl upstream arguments, its HEAR module arguments, the
+        stages it needs). Direct needs only: a rebuilt corpus reruns the teachers and the student,
+        hence these too."""
+        specs = self.write_specs()
+        needs = {"fbank": ("corpora",), "speech_teacher": ("speech_teacher",), "audio_teacher": ("audio_teacher",),
+                 "teachers_concat": ("speech_teacher", "audio_teacher"), "usad_student": ("export",)}
+        models = {}
+        for model in MODELS:
+            if model == "fbank":
+                upstream: list[object] = ["--upstream", "fbank"]
+            elif model == "usad_student":
+                upstream = ["--upstream", "usad", "-k", student]
+            else:
+                upstream = ["--upstream", "usad_teacher", "-k", specs[model]]
+            if model == "usad_student":
+                module: list[object] = ["--module", "hear_api", "--model", student]
+            else:
+                module = ["--module", "hear_api.teacher", "--model", specs[model]]
+            models[model] = (upstream, module, needs[model])
+        return models
+
     def eval_stages(self, student: Path) -> list[Stage]:
         """Every model x task run: HEAR first, then SUPERB in the budget's task order (the longer
         jobs first, so the two slots finish close together)."""
         b = self.budget
-        specs = self.write_specs()
-        # Direct needs only: a rebuilt corpus reruns the teachers and the student, hence these too.
-        needs = {"fbank": ("corpora",), "speech_teacher": ("speech_teacher",), "audio_teacher": ("audio_teacher",),
-                 "teachers_concat": ("speech_teacher", "audio_teacher"), "usad_student": ("export",)}
+        models = self.eval_models(student)
         runs = self.run / "eval"
         hear, superb = [], []
         for task, steps in b.superb_steps.items():
-            for model in MODELS:
-                if model == "fbank":
-                    upstream: list[object] = ["--upstream", "fbank"]
-                elif model == "usad_student":
-                    upstream = ["--upstream", "usad", "-k", student]
-                else:
-                    upstream = ["--upstream", "usad_teacher", "-k", specs[model]]
+            for model, (upstream, _, needs) in models.items():
                 overrides = [f"config.runner.gradient_accumulate_steps={b.superb_accumulate}"]
                 if task != "PR":
                     overrides.append(f"config.optimizer.lr={b.superb_lr}")
@@ -355,21 +368,19 @@ class Demo:
                                 "--device", "cpu", "--override", ",,".join(overrides),
                                 "--feature-cache-mb", SUPERB_FEATURE_CACHE_MB)
                 superb.append(Stage(f"superb-{task}-{model}", cmd, clean=[runs / "superb" / task / model],
-                                    needs=needs[model], essential=False))
-        for model in MODELS:
-            if model == "usad_student":
-                module: list[object] = ["--module", "hear_api", "--model", student]
-            else:
-                module = ["--module", "hear_api.teacher", "--model", specs[model]]
+                                    needs=needs, essential=False))
+        for model, (_, module, needs) in models.items():
             tasks = [a for t in b.hear_tasks for a in ("--task", t)]
             cmd = self.usad("hear", "run", *module, "--tasks-dir", self.corpora / "hear" / "tasks", *tasks,
                             "--grid", b.hear_grid, "--grid-points", b.hear_grid_points, "--runs-dir", runs, "--name", model)
-            hear.append(Stage(f"hear-{model}", cmd, clean=[runs / "hear" / model], needs=needs[model], essential=False))
+            hear.append(Stage(f"hear-{model}", cmd, clean=[runs / "hear" / model], needs=needs, essential=False))
         return hear + superb
+
+    title = "USAD demo (measured here, miniature)"
 
     def leaderboard(self) -> dict[str, Path]:
         stage = Stage("leaderboard", self.usad("leaderboard", self.run / "eval", "-o", self.results, "--published", "none",
-                                               "--title", "USAD demo (measured here, miniature)"))
+                                               "--title", self.title))
         log = self.logs / "leaderboard.log"
         self.say(f"[demo] leaderboard: running (log: {log})")
         proc = self.start(stage)
@@ -377,6 +388,10 @@ class Demo:
         error = self.finish(proc)
         if error:
             raise StageError(error)
+        return self.report()
+
+    def report(self) -> dict[str, Path]:
+        """The claim checked on the leaderboard's numbers, appended to it."""
         return targets_report(self.run / "eval", self.results, self.budget_summary())
 
     def budget_summary(self) -> dict:

@@ -147,11 +147,17 @@ def speech_tasks(corpora: Path) -> list[ClipTask]:
     return tasks
 
 
-def audio_tasks(corpora: Path) -> list[ClipTask]:
+# The audio teacher's HEAR tasks by domain: USAD 2.0's miniature (downstream_recipes/demo/usad2.py)
+# trains a sound and a music teacher on them separately.
+SOUND_TASKS = ("event_detection",)
+MUSIC_TASKS = ("pitch", "instrument_family", "drums")
+
+
+def audio_tasks(corpora: Path, names: "tuple[str, ...]" = MUSIC_TASKS + SOUND_TASKS) -> list[ClipTask]:
     """The audio teacher's training data: train splits of HEAR-format tasks (no k-fold task)."""
     tasks_dir = corpora / "hear" / "tasks"
     tasks = []
-    for name in ("pitch", "instrument_family", "drums", "event_detection"):
+    for name in names:
         task_dir = tasks_dir / name
         vocab = [row["label"] for row in csv.DictReader(open(task_dir / "labelvocabulary.csv"))]
         labels = json.loads((task_dir / "train.json").read_text())
@@ -296,6 +302,20 @@ def train_speech_teacher(corpora: Path, out: Path, budget: TeacherBudget, seed: 
 def train_audio_teacher(corpora: Path, out: Path, budget: TeacherBudget, seed: int = 0,
                         progress: Callable[[str], None] = log.info) -> dict:
     return _train_atst(audio_tasks(corpora), out, budget, seed, progress)
+
+
+def train_sound_teacher(corpora: Path, out: Path, budget: TeacherBudget, seed: int = 0,
+                        progress: Callable[[str], None] = log.info) -> dict:
+    return _train_atst(audio_tasks(corpora, SOUND_TASKS), out, budget, seed, progress)
+
+
+def train_music_teacher(corpora: Path, out: Path, budget: TeacherBudget, seed: int = 0,
+                        progress: Callable[[str], None] = log.info) -> dict:
+    return _train_atst(audio_tasks(corpora, MUSIC_TASKS), out, budget, seed, progress)
+
+
+TRAINERS = {"speech": train_speech_teacher, "audio": train_audio_teacher, "sound": train_sound_teacher,
+            "music": train_music_teacher}
 
 
 def _train_atst(tasks: list[ClipTask], out: Path, budget: TeacherBudget, seed: int,

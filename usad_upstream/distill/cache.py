@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
+from .config import TRAINER_FIELDS
 from .data import BatchPlanner, Crop, DataConfig, Manifest, ManifestEntry, MicroBatches, RankBatches
 from .objective import Targets, TeacherSpec
 
@@ -28,8 +29,9 @@ FORMAT_VERSION = 1
 
 
 def teacher_identity(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a teacher spec that change its targets (the loss weight does not)."""
-    return {k: v for k, v in spec.items() if k != "weight"}
+    """The parts of a teacher spec that change its targets (loss weight and domain do not; the
+    distilled layers are recorded on their own)."""
+    return {k: v for k, v in spec.items() if k not in TRAINER_FIELDS}
 
 
 class TargetCache:

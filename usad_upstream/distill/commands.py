@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,7 @@ def _cache(args: argparse.Namespace) -> int:
     from .cache import TargetCache, build_cache
     from .data import DataConfig
     from .shards import open_data
-    from .trainer import build_teachers, distilled_teacher_layers, teacher_specs
+    from .trainer import build_teachers, teacher_layer_lists, teacher_specs
 
     config = load_config(args.config, args.overrides)
     if not config["cache"]["dir"]:
@@ -56,8 +55,7 @@ def _cache(args: argparse.Namespace) -> int:
     device = _device(config)
     teachers = {n: t.to(device) for n, t in build_teachers(config["teachers"]).items()}
     specs = {s.name: s for s in teacher_specs(config, teachers)}
-    k = config["objective"]["num_layers"]
-    layers = {n: distilled_teacher_layers(s.num_layers, k) for n, s in specs.items()}
+    layers = teacher_layer_lists(list(specs.values()), config["objective"]["num_layers"])
     cache = TargetCache.create(config["cache"]["dir"], TargetCache.describe(config["teachers"], specs, layers, data))
     entries = open_data(data.manifests, data.shards)
     with torch.inference_mode():
@@ -76,37 +74,11 @@ def _device(config: dict) -> "torch.device":
     return torch.device("cpu")
 
 
-def student_from_run(run_checkpoint: "str | Path") -> "tuple[UsadModel, dict[str, str], Path]":
-    """Student of a distillation checkpoint (heads dropped), its metadata and the run directory."""
-    import torch
+def run_student(run_checkpoint: "str | Path") -> "tuple[UsadModel, dict[str, str], Path]":
+    """Student of a distillation checkpoint or run directory (heads dropped), its metadata and the run directory."""
+    from .student import student_from_run
 
-    from ..checkpoint import CheckpointError
-    from ..model import build_model
-    from ..presets import UsadConfig
-    from .trainer import latest_checkpoint
-
-    path = Path(run_checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise ValueError(f"{path}: no checkpoints/step_*.pt in this run directory")
-        path = found
-    if not path.is_file():
-        raise ValueError(f"run checkpoint not found: {path}")
-    not_ours = f"{path}: not a `usad distill` checkpoint (a step_*.pt under RUN_DIR/checkpoints)"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{not_ours}: torch.load failed ({exc})") from None
-    missing = [k for k in ("student_config", "student") if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"{not_ours}: no {missing} entries (`usad info` reads exported .safetensors files)")
-    try:
-        config = UsadConfig.from_dict(state["student_config"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: its student_config is not a USAD model config ({exc})") from None
-    model = build_model(config)
-    model.load_state_dict(state["student"])
+    path, state, model = student_from_run(run_checkpoint)
     extra = {"distilled_step": str(state.get("step")), "distilled_from": str(path.resolve())}
     return model.eval(), extra, path.resolve().parent.parent
 
@@ -120,7 +92,7 @@ def _export_source(source: str, trust_remote_code: bool) -> "tuple[UsadModel, di
 
     path = Path(source)
     if (path.is_dir() and not (path / "config.json").is_file()) or (path.is_file() and path.suffix != ".safetensors"):
-        return (*student_from_run(path), "run")
+        return (*run_student(path), "run")
     resolved = resolve_checkpoint(source)
     if resolved.kind == "release":
         model, metadata = convert(resolved, trust_remote_code)
@@ -197,7 +169,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "distill",
         help="distil a USAD student from frozen teachers (also under torchrun)",
         description="Train (or resume, when run_dir holds checkpoints). Presets: tiny, small_ablation, small, base, "
-        "large, or a YAML file. With cache.dir=DIR, train from targets stored by `usad distill-cache`.",
+        "large (USAD), usad2_<size>_stage1 / usad2_<size>_stage2 (USAD 2.0), or a YAML file. With cache.dir=DIR, "
+        "train from targets stored by `usad distill-cache`.",
     )
     p.add_argument("--config", required=True, help="preset name or YAML file")
     p.add_argument("overrides", nargs="*", help=overrides_help)

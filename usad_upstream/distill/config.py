@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .data import DataConfig
+from .data import DOMAINS, DataConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -40,9 +40,13 @@ DEFAULTS: dict[str, Any] = {
     # size: a preset name from usad_upstream.presets; any other key overrides a UsadConfig field.
     "model": {"size": "base"},
     # name -> teacher spec passed to usad_upstream.teachers.build_teacher (kind, path, target, ...),
-    # plus `weight` (relative weight of this teacher in the total loss; default 1).
+    # plus the trainer's own fields (TRAINER_FIELDS, stripped before build_teacher): `weight`
+    # (relative weight of this teacher in the total loss; default 1), `domain` (speech, sound or
+    # music: the domain this teacher is the expert of, for objective.domain_omega) and `layers`
+    # (`last`, an index or a list of 1-based teacher layers to distil instead of the K-sparse mapping).
     "teachers": {},
-    "objective": {"num_layers": 4, "head_hidden": None},
+    # domain_omega: null (off) or w > 0, USAD 2.0's domain-aware weighting (objective.py).
+    "objective": {"num_layers": 4, "head_hidden": None, "domain_omega": None},
     "data": {},
     "train": {
         "lr": 1e-3,
@@ -61,9 +65,14 @@ DEFAULTS: dict[str, Any] = {
         "ckpt_every": 5000,
         "keep_last": 3,
         "stop_after": None,  # end this process after that many total steps (checkpoints stay resumable)
+        # a fresh run starts its student from this one (.safetensors, run checkpoint or run dir);
+        # heads, optimizer and schedule start anew. USAD 2.0's stage 2 starts from stage 1.
+        "init_from": None,
     },
     "cache": {"dir": None},  # a directory built by `usad distill-cache`: train from stored teacher targets
 }
+
+TRAINER_FIELDS = ("weight", "domain", "layers")
 
 # Keys that may change between a run and its resumption without changing what is trained
 # (grad_accum may change with the number of processes as long as their product stays the same).
@@ -120,6 +129,21 @@ def validate(config: Mapping[str, Any]) -> None:
     for name, spec in config["teachers"].items():
         if not isinstance(spec, dict) or "kind" not in spec:
             raise ValueError(f"config: teachers.{name} must be a mapping with at least `kind` (and usually `path`)")
+        if spec.get("domain") is not None and spec["domain"] not in DOMAINS:
+            raise ValueError(f"config: teachers.{name}.domain must be one of {list(DOMAINS)} or null, got {spec['domain']!r}")
+        weight = spec.get("weight", 1.0)
+        if not _is_number(weight) or weight < 0:
+            raise ValueError(f"config: teachers.{name}.weight must be a number >= 0, got {weight!r}")
+        layers = spec.get("layers")
+        items = layers if isinstance(layers, list) else [layers]
+        if layers is not None and layers != "last" and not (items and all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in items)):
+            raise ValueError(f"config: teachers.{name}.layers must be null, `last`, a layer index >= 1 or a list of them, got {layers!r}")
+    omega = config["objective"]["domain_omega"]
+    if omega is not None:
+        if not _is_number(omega) or omega <= 0:
+            raise ValueError(f"config: objective.domain_omega must be null (off) or a number > 0 (the paper: 10), got {omega!r}")
+        if not any(spec.get("domain") for spec in config["teachers"].values()):
+            raise ValueError("config: objective.domain_omega is set but no teacher has a domain: add teachers.NAME.domain=speech|sound|music")
     train = config["train"]
     for key in ("max_steps", "grad_accum", "log_every", "ckpt_every", "keep_last"):
         if not isinstance(train[key], int) or train[key] < 1:
@@ -139,8 +163,12 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ValueError(f"config: train.stop_after must be null or an integer >= 1, got {train['stop_after']!r}")
     if train["precision"] not in ("auto", "bf16", "fp32"):
         raise ValueError(f"config: train.precision must be auto, bf16 or fp32, got {train['precision']!r}")
+    if train["init_from"] is not None and (not isinstance(train["init_from"], str) or not train["init_from"]):
+        raise ValueError(f"config: train.init_from must be null or a checkpoint path, got {train['init_from']!r}")
     if "size" not in config["model"]:
-        raise ValueError("config: model.size is required (tiny, small, base or large)")
+        from ..presets import PRESETS
+
+        raise ValueError(f"config: model.size is required (one of {sorted(PRESETS)})")
 
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> dict[str, Any]:

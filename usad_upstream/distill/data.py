@@ -631,7 +631,8 @@ def pad_batch(wavs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
 class MicroBatches(torch.utils.data.Dataset):
     """Loads planned micro-batches (in DataLoader workers); item i -> dict with `wavs`, `lens`,
-    `crops`, `skipped` (Counter of this batch's skips) and, with a target cache, `targets`.
+    `crops`, `domains` (each crop's index into DOMAINS, from the manifest's domain column: the
+    domain-aware loss weights), `skipped` (Counter of this batch's skips) and, with a target cache, `targets`.
     With refill=False an emptied micro-batch comes back with `wavs` None instead of refilled."""
 
     def __init__(
@@ -677,7 +678,7 @@ class MicroBatches(torch.utils.data.Dataset):
         for crop in crops:
             take(crop)
         if not kept and not self.refill:
-            return {"wavs": None, "lens": None, "crops": [], "skipped": skipped}
+            return {"wavs": None, "lens": None, "crops": [], "domains": None, "skipped": skipped}
         refill = self.planner.refill(epoch, position)
         for _ in range(MAX_REFILL_TRIES):
             if kept:
@@ -686,7 +687,8 @@ class MicroBatches(torch.utils.data.Dataset):
         if not kept:
             raise ValueError(f"{MAX_REFILL_TRIES} random clips in a row could not be used ({dict(skipped)}): check the manifests")
         wav, lens = pad_batch(wavs)
-        out = {"wavs": wav, "lens": lens, "crops": kept, "skipped": skipped}
+        domains = torch.tensor([int(self.planner.entries.domain[c.index]) for c in kept], dtype=torch.long)
+        out = {"wavs": wav, "lens": lens, "crops": kept, "domains": domains, "skipped": skipped}
         if self.cache is not None:
             out["targets"] = self.cache.collate(targets)
         return out

@@ -4,11 +4,14 @@ Runs as one process or under `torchrun --nproc_per_node N` (DistributedDataParal
 GPU, gloo on CPU). A step takes `train.batch_seconds` of audio in total, split into
 world_size x grad_accum micro-batches. Losses are frame sums divided by the frame count of the
 WHOLE step (summed over micro-batches and ranks before the student runs), so N processes give
-the same loss and gradients as one process on the same global batch. Only rank 0 writes files.
+the same loss and gradients as one process on the same global batch. Domain-aware weighting
+(`objective.domain_omega`) scales each clip's frame sums by its teacher weights inside those sums
+and leaves the divisor unweighted, so the same holds with it (objective.py). Only rank 0 writes files.
 
 Run directory:
   config.yaml         the config used (a resumed run must ask for the same one)
-  metrics.csv         step, lr, loss, loss/<teacher>/L<layer>, grad norm, audio s/s, skipped files
+  metrics.csv         step, lr, loss, loss/<teacher>/L<layer>, loss/<teacher>/<domain> (each teacher's
+                      unweighted mean frame loss on the clips of each domain), grad norm, audio s/s, skipped files
   tb/                 the same scalars for TensorBoard
   checkpoints/step_XXXXXXXX.pt   student, heads, optimizer, scheduler, RNG and sampler states
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import math
 import os
 import random
 import signal
@@ -36,9 +40,9 @@ from .. import build_model
 from ..frontend import batch_fbank, check_waveforms, num_fbank_frames
 from ..model import ConvSubsampling, UsadModel
 from ..teachers.base import Teacher
-from .config import resume_conflicts
-from .data import SKIP_KINDS, DataConfig, DistillData
-from .objective import DistillObjective, ObjectiveOutput, Targets, TeacherSpec, layer_mapping
+from .config import TRAINER_FIELDS, resume_conflicts
+from .data import DOMAINS, SKIP_KINDS, DataConfig, DistillData
+from .objective import DistillObjective, ObjectiveOutput, Targets, TeacherSpec, layer_mapping, resolve_layers
 from .shards import open_data
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,8 @@ class Distiller(nn.Module):
         self.autocast_dtype = autocast_dtype
 
     def forward(
-        self, wavs: torch.Tensor, lens: torch.Tensor, targets: Mapping[str, Targets], normalizer: Mapping[str, torch.Tensor]
+        self, wavs: torch.Tensor, lens: torch.Tensor, targets: Mapping[str, Targets], normalizer: Mapping[str, torch.Tensor],
+        domains: "torch.Tensor | None" = None,
     ) -> ObjectiveOutput:
         lens = check_waveforms(wavs, lens)
         feats, frame_lens = batch_fbank(wavs, lens)
@@ -65,7 +70,7 @@ class Distiller(nn.Module):
             parts = list(self.student.chunks(feats, frame_lens))  # windows of max_fbank_frames
             layers = [torch.cat([p["hidden_states"][i] for p in parts], dim=1) for i in range(len(parts[0]["hidden_states"]))]
             lengths = sum(p["lengths"] for p in parts)
-            return self.objective(layers, lengths, targets, normalizer)
+            return self.objective(layers, lengths, targets, normalizer, domains)
 
 
 def teacher_targets(
@@ -78,9 +83,10 @@ def teacher_targets(
         return {n: objective.targets_from(n, t(wavs, lens)) for n, t in teachers.items()}
 
 
-def student_frames(wav_lens: torch.Tensor) -> torch.Tensor:
-    """Valid student frames per item, known before the forward pass (fbank frames, then stride 2)."""
-    return ConvSubsampling.output_lengths(num_fbank_frames(wav_lens))
+def student_frames(wav_lens: torch.Tensor, time_stride: int = 2) -> torch.Tensor:
+    """Valid student frames per item, known before the forward pass (fbank frames, then the
+    student's time stride: 2 at 50 Hz, 4 at 25 Hz)."""
+    return ConvSubsampling.output_lengths(num_fbank_frames(wav_lens), time_stride)
 
 
 def lr_lambda(warmup: int, total: int):  # type: ignore[no-untyped-def]
@@ -101,18 +107,37 @@ def build_teachers(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Teacher]
     for name, spec in specs.items():
         if "path" in spec and not spec["path"]:
             raise ValueError(f"teacher {name!r} has no checkpoint: add teachers.{name}.path=/path/to/its/checkpoint")
-    return {name: build_teacher({k: v for k, v in spec.items() if k != "weight"}).freeze() for name, spec in specs.items()}
+    return {
+        name: build_teacher({k: v for k, v in spec.items() if k not in TRAINER_FIELDS}).freeze() for name, spec in specs.items()
+    }
+
+
+def teacher_spec(name: str, entry: Mapping[str, Any], num_layers: int, dim: int, frame_rate: float) -> TeacherSpec:
+    """The objective's view of one teacher: its shape and rate plus the config's trainer fields."""
+    return TeacherSpec(name, num_layers, dim, float(frame_rate), float(entry.get("weight", 1.0)), entry.get("domain"),
+                       resolve_layers(entry.get("layers"), num_layers, name))
 
 
 def teacher_specs(config: Mapping[str, Any], teachers: Mapping[str, Teacher]) -> list[TeacherSpec]:
-    return [
-        TeacherSpec(name, t.num_layers, t.dim, float(t.frame_rate), float(config["teachers"][name].get("weight", 1.0)))
-        for name, t in teachers.items()
-    ]
+    return [teacher_spec(name, config["teachers"][name], t.num_layers, t.dim, t.frame_rate) for name, t in teachers.items()]
 
 
 def distilled_teacher_layers(num_layers: int, k: int) -> list[int]:
     return [tl for _, tl in layer_mapping(num_layers, num_layers, k)]
+
+
+def teacher_layer_lists(specs: "list[TeacherSpec]", k: int) -> dict[str, list[int]]:
+    """The teacher layers distilled from each teacher: its own list, else the K-sparse mapping's."""
+    return {s.name: list(s.layers) if s.layers else distilled_teacher_layers(s.num_layers, k) for s in specs}
+
+
+def check_same_architecture(student: UsadModel, source: UsadModel, path: str) -> None:
+    """`train.init_from` must hold the architecture being trained (dropout and name may differ)."""
+    loose = {"dropout", "name", "extra", "max_fbank_frames"}
+    a, b = student.config.to_dict(), source.config.to_dict()
+    diff = [f"{k}: config {a[k]!r}, checkpoint {b[k]!r}" for k in a if k not in loose and a[k] != b[k]]
+    if diff:
+        raise ValueError(f"train.init_from={path} holds another architecture than model: ({'; '.join(diff)})")
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -171,7 +196,7 @@ class MetricsLog:
         with open(self.path, "a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=self.columns).writerow(row)
         for key, value in row.items():
-            if key != "step":
+            if key != "step" and not math.isnan(value):  # nan: no clip of that domain in the interval
                 self.tb.add_scalar(key, value, int(row["step"]))
         self.tb.flush()
 
@@ -266,8 +291,8 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
         from .cache import TargetCache
 
         cache = TargetCache.open(config["cache"]["dir"])
-        cache.check(config["teachers"], data_cfg, {n: distilled_teacher_layers(s.num_layers, k) for n, s in cache.specs.items()})
-        specs = [TeacherSpec(n, s.num_layers, s.dim, s.frame_rate, float(config["teachers"][n].get("weight", 1.0))) for n, s in cache.specs.items()]
+        specs = [teacher_spec(n, config["teachers"].get(n, {}), s.num_layers, s.dim, s.frame_rate) for n, s in cache.specs.items()]
+        cache.check(config["teachers"], data_cfg, teacher_layer_lists(specs, k))
         teachers = {}
     else:
         teachers = dict(teachers) if teachers is not None else build_teachers(config["teachers"])
@@ -281,7 +306,17 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     model_cfg = dict(config["model"])
     student = build_model(model_cfg.pop("size"), **model_cfg)
     student.final_norm.requires_grad_(False)  # the objective reads block outputs, never the final norm
-    objective = DistillObjective(student.config.dim, student.config.layers, specs, k, config["objective"]["head_hidden"])
+    if tc["init_from"] and state is None:  # a fresh run from another run's student (USAD 2.0 stage 2)
+        from .student import load_student
+
+        source = load_student(tc["init_from"])
+        check_same_architecture(student, source, tc["init_from"])
+        student.load_state_dict(source.state_dict())
+        if rank == 0:
+            print(f"student initialised from {tc['init_from']}")
+    oc = config["objective"]
+    objective = DistillObjective(student.config.dim, student.config.layers, specs, k, oc["head_hidden"],
+                                 float(student.config.frame_rate), oc["domain_omega"])
     bf16 = tc["precision"] == "bf16" or (tc["precision"] == "auto" and device.type == "cuda")
     distiller = Distiller(student, objective, torch.bfloat16 if bf16 else None).to(device)
     model: nn.Module = distiller
@@ -324,8 +359,10 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
         np.random.seed(tc["seed"] * 1000 + rank)
 
     heads = [(name, tl) for name in objective.teachers for tl in objective.teacher_layers(name)]
+    domains = [d for i, d in enumerate(DOMAINS) if (entries.domain == i).any()]  # those the manifests hold
+    per_domain = [(name, d) for name in objective.teachers for d in domains]
     columns = (
-        ["step", "epoch", "lr", "loss"] + [f"loss/{n}/L{tl}" for n, tl in heads]
+        ["step", "epoch", "lr", "loss"] + [f"loss/{n}/L{tl}" for n, tl in heads] + [f"loss/{n}/{d}" for n, d in per_domain]
         + ["grad_norm", "audio_seconds", "audio_sec_per_sec"] + [f"skipped/{kind}" for kind in SKIP_KINDS]
     )
     metrics = MetricsLog(run_dir, columns, step) if rank == 0 else None
@@ -336,7 +373,9 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
     bar = tqdm(total=tc["max_steps"], initial=step, disable=rank != 0 or not progress, unit="step", dynamic_ncols=True)
     names = list(objective.teachers)
     history: list[dict[str, float]] = []
-    sums = torch.zeros(1 + len(heads) + 1, dtype=torch.float64)  # loss, per-head losses, audio seconds
+    # loss, per-head losses, per-(teacher, domain) frame-loss sums and frames, audio seconds
+    sums = torch.zeros(1 + len(heads) + 2 * len(per_domain) + 1, dtype=torch.float64)
+    domain_slot = {d: DOMAINS.index(d) for d in domains}
     steps_since_log, t_log, grad_norm = 0, time.perf_counter(), torch.zeros(())
     stop = min(tc["max_steps"], tc["stop_after"] or tc["max_steps"])
     batches = iter(data)
@@ -354,7 +393,7 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
                 wavs, lens = micro["wavs"].to(device), micro["lens"].to(device)
                 tgt = teacher_targets(teachers, objective, wavs, lens, distiller.autocast_dtype)
             targets.append(tgt)
-            frames = objective.frame_counts(student_frames(micro["lens"]).to(device), tgt)
+            frames = objective.frame_counts(student_frames(micro["lens"], student.config.time_stride).to(device), tgt)
             counts += torch.tensor([float(frames[n]) for n in names], dtype=torch.float64)
         counts = all_sum(counts.to(device), world).cpu()
         normalizer = {n: counts[i].float().to(device) for i, n in enumerate(names)}
@@ -365,9 +404,14 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
         for i, micro in enumerate(group):
             sync = world == 1 or i == len(group) - 1
             with contextlib.nullcontext() if sync else model.no_sync():
-                out = model(micro["wavs"].to(device), micro["lens"].to(device), targets[i], normalizer)
+                clip_domains = micro["domains"].to(device)
+                out = model(micro["wavs"].to(device), micro["lens"].to(device), targets[i], normalizer, clip_domains)
                 (out.total * world).backward()  # DDP averages gradients over ranks; sums are what we want
-            step_sums[:-1] += torch.stack([out.total.detach(), *(out.losses[h].detach() for h in heads)]).double()
+            step_sums[: 1 + len(heads)] += torch.stack([out.total.detach(), *(out.losses[h].detach() for h in heads)]).double()
+            for j, (n, d) in enumerate(per_domain):
+                of_domain = clip_domains == domain_slot[d]
+                step_sums[1 + len(heads) + j] += out.clip_losses[n][of_domain].sum().double()
+                step_sums[1 + len(heads) + len(per_domain) + j] += out.clip_frames[n][of_domain].sum().double()
             step_sums[-1] += float(micro["lens"].sum()) / 16000
             skipped.update(micro["skipped"])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc["clip_grad"])
@@ -387,6 +431,9 @@ def train(config: dict[str, Any], teachers: "Mapping[str, Teacher] | None" = Non
             mean = sums / steps_since_log
             row = {"step": step, "epoch": data.epoch, "lr": lr, "loss": float(mean[0])}
             row.update({f"loss/{n}/L{tl}": float(mean[1 + j]) for j, (n, tl) in enumerate(heads)})
+            for j, (n, d) in enumerate(per_domain):  # mean frame loss over the interval's clips of domain d
+                frames = float(sums[1 + len(heads) + len(per_domain) + j])
+                row[f"loss/{n}/{d}"] = float(sums[1 + len(heads) + j]) / frames if frames else math.nan
             row.update({"grad_norm": float(grad_norm), "audio_seconds": float(sums[-1]), "audio_sec_per_sec": float(sums[-1]) / elapsed})
             row.update({f"skipped/{kind}": float(skip_counts[j]) for j, kind in enumerate(SKIP_KINDS)})
             history.append(row)

@@ -10,7 +10,6 @@ fp32, on the same audio (several lengths, one longer than the release's 30 s win
 from __future__ import annotations
 
 import ast
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -63,12 +62,6 @@ def release_config(snapshot: Snapshot) -> UsadConfig:
         if cfg.get(name, expected) != expected:
             raise ConvertError(f"{where}: {name} = {cfg[name]!r}; the native model expresses only {expected!r} "
                                "(run the release itself with --trust-remote-code instead)")
-    extra: dict = {}
-    if snapshot.subsample_rate != 2:
-        if "frame_rate" not in {f.name for f in dataclasses.fields(UsadConfig)}:
-            raise ConvertError(f"{where}: a {snapshot.frame_rate:g} Hz release; the native model has no frame_rate "
-                               "option yet (run the release itself with --trust-remote-code instead)")
-        extra["frame_rate"] = int(snapshot.frame_rate)
     depth = snapshot.size("conv_pos_depth")
     dim, layers = snapshot.size("encoder_dim"), snapshot.size("num_layers")
     return UsadConfig(
@@ -79,7 +72,7 @@ def release_config(snapshot: Snapshot) -> UsadConfig:
         max_fbank_frames=max_mel_length(snapshot),
         ffn_residual_scale=0.5 if cfg.get("half_step_residual", True) else 1.0,
         position_encoding="absolute_shift", attention_scale="model_dim",  # openspeech's "mhsa" (our reading)
-        name=f"{cfg.get('model_type', 'usad')}-{dim}x{layers}", **extra,
+        frame_rate=int(snapshot.frame_rate), name=f"{cfg.get('model_type', 'usad')}-{dim}x{layers}",
     )
 
 

@@ -4,9 +4,10 @@ hidden_states follows s3prl's other transformer upstreams (WavLM, HuBERT, wav2ve
 the input embedding (conv subsampling + convolutional positions, i.e. what enters block 1), then
 one entry per transformer block (the model's `hidden_states`), so a `base` model gives 13 and the
 SUPERB weighted sum sees the same kind of stack as for the other upstreams. last_hidden_state is
-the model's final output (after the final LayerNorm). At 50 Hz (downsample rate 320) the frame
-count, (N - 400) // 320 + 1, is exactly wav2vec 2.0's, so s3prl's Featurizer and S3PRLUpstream
-length rules hold for every input of at least 400 samples; 25 Hz releases report 640.
+the model's final output (after the final LayerNorm). All at the model's rate: 50 Hz
+(downsample rate 320; the frame count, (N - 400) // 320 + 1, is exactly wav2vec 2.0's) or 25 Hz
+(640; (N - 400) // 640 + 1), so s3prl's Featurizer and S3PRLUpstream length rules hold for every
+input of at least 400 samples.
 
 The checkpoint is anything `usad_upstream.release.resolve_checkpoint` names: our .safetensors, a
 release snapshot directory or a hub id (the release's own code runs it, only with
