@@ -55,3 +55,14 @@ def test_the_gpu_script_runs_every_stage_on_tiny_models(tmp_path):
     assert {r["kernel"] for r in suite["stages"]["attention"]["result"]} == {"blocked", "aligned", "flex"}
     assert any(key.startswith("table, batch 4: best usad_tiny") for key in suite["summary"])
     assert "| target | measured | target |" in (tmp_path / "suite.md").read_text()
+
+
+def test_a_model_that_fails_on_this_device_is_recorded_and_the_rest_measured(tmp_path):
+    from usad_upstream.bench import markdown_table, run_bench
+
+    record = run_bench(models=["usad_tiny", "usad_tiny[cudnn]"], batches=[1], clip_seconds=0.5, lengths=[], distill_sizes=[],
+                       repeats=1, threads=1, workdir=tmp_path, hear_minutes=0, fbank_batch=0, attention_kernels=(),
+                       fresh_process_memory=False, drop_failing=True)
+    assert [r["model"] for r in record["throughput"]] == ["usad_tiny"]
+    assert "usad_tiny[cudnn]" in record["failed"]  # no cuDNN attention on a CPU
+    assert "- usad_tiny[cudnn]: failed (" in markdown_table(record)

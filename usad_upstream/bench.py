@@ -502,12 +502,16 @@ def attention_report(size: str, batch: int, seconds: float, device: torch.device
     rows = []
     for kernel in kernels:
         attn.kernel = kernel
-        with torch.inference_mode(), _autocast(device):
-            attn(x, pos, pad)
-            copies = copy_profile(lambda: attn(x, pos, pad), bias_numel)
-            took = best_time(lambda: attn(x, pos, pad), repeats, device)
-        rows.append({"kernel": kernel, "model": f"usad_{size}", "batch": batch, "clip_s": seconds, "frames": t,
-                     "bias_mb": round(bias_numel * (2 if device.type == "cuda" else 4) / 2**20, 2), **copies, "layer_ms": took * 1e3})
+        row = {"kernel": kernel, "model": f"usad_{size}", "batch": batch, "clip_s": seconds, "frames": t,
+               "bias_mb": round(bias_numel * (2 if device.type == "cuda" else 4) / 2**20, 2)}
+        try:
+            with torch.inference_mode(), _autocast(device):
+                attn(x, pos, pad)
+                row.update(copy_profile(lambda: attn(x, pos, pad), bias_numel))
+                row["layer_ms"] = best_time(lambda: attn(x, pos, pad), repeats, device) * 1e3
+        except Exception as exc:  # a kernel this device lacks: recorded, the others still measured
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        rows.append(row)
     return rows
 
 
@@ -557,6 +561,7 @@ def run_bench(
     fbank_batch: int = 16,
     attention_kernels: Sequence[str] = ("blocked", "aligned"),
     fresh_process_memory: bool = True,
+    drop_failing: bool = False,
 ) -> dict:
     """Measure inference throughput (s of audio / s), peak memory, time vs length, the
     distillation step throughput (student + both teachers) and the peak memory of `hear_minutes`
@@ -566,11 +571,22 @@ def run_bench(
     MFU. Also: the batched fbank vs the per-item loop at `fbank_batch` clips (0 skips), and the
     attention path's copies per kernel for the first USAD model (no kernels skips).
     `fresh_process_memory=False` measures CPU memory in this process too (fast, but the RSS peak
-    then says little: for smoke runs)."""
+    then says little: for smoke runs). `drop_failing` leaves out a model whose first call fails
+    (e.g. a kernel this GPU lacks) and records why under "failed", instead of raising."""
     dev = torch.device(device)
     torch.set_num_threads(threads)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="usad-bench-"))
     contenders = build_contenders(models, workdir, dev, teacher_size)
+    failed: dict[str, str] = {}
+    if drop_failing:
+        probe = _inputs(batches[0], clip_seconds, dev)
+        for c in list(contenders):
+            try:
+                with torch.inference_mode(), _autocast(dev):
+                    c.run(*probe)
+            except Exception as exc:  # recorded; the other models are still measured in this run
+                failed[c.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                contenders.remove(c)
     by_name = {c.name: c for c in contenders}
     rows = []
     flops: dict[tuple[str, int], int] = {}
@@ -622,7 +638,7 @@ def run_bench(
     record = {
         "device": _device_name(dev), "date": dt.date.today().isoformat(), "threads": threads,
         "torch": torch.__version__, "throughput": rows, "length_sweep": sweep, "distill_step": training,
-        "hear_long_input": hear, "ratios": headline_ratios(rows),
+        "hear_long_input": hear, "ratios": headline_ratios(rows), "failed": failed,
         "fbank": fbank_report(fbank_batch, clip_seconds, dev, repeats) if fbank_batch else None,
         "attention": attention_report(usad[0].removeprefix("usad_"), 1, clip_seconds, dev, attention_kernels, repeats)
         if usad and attention_kernels else [],
@@ -691,7 +707,9 @@ def markdown_table(record: dict) -> str:
                   "one bias (MB) | time (ms) |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {a['kernel']} | {a['model']} | {a['batch']} x {a['clip_s']:g} s | {a['frames']} | {a['copies']} | "
                   f"{a['copy_mb']:.2f} | {a['large_copies']} ({a['large_copy_mb']:.2f}) | {a['bias_mb']:.2f} | {a['layer_ms']:.2f} |"
-                  for a in record["attention"]]
+                  if "error" not in a else f"| {a['kernel']} | {a['model']} | failed: {a['error']} |||||||" for a in record["attention"]]
+    for name, error in (record.get("failed") or {}).items():
+        lines.append(f"- {name}: failed ({error})")
     if record.get("hear_long_input"):
         lines += ["", "| hear_api.get_timestamp_embeddings (CPU) | minutes | seconds | frames | peak RSS of the process (MB) |",
                   "|---|---|---|---|---|"]

@@ -220,7 +220,7 @@ def gpu_suite(device: str, out_dir: "str | Path", peak_tflops: "float | None", s
                    "smoke": smoke, "peak_tflops": peak_tflops, "student": student, "big_batch": big, "stages": {}, "summary": {}}
     common = dict(clip_seconds=seconds, lengths=(), distill_sizes=(), hear_minutes=0, repeats=repeats, threads=threads,
                   device=device, workdir=workdir, teacher_size=teacher_size, fbank_batch=0, attention_kernels=(),
-                  peak_tflops=peak_tflops, fresh_process_memory=False)
+                  peak_tflops=peak_tflops, fresh_process_memory=False, drop_failing=True)
     teachers: dict = {}
 
     def pair(options: Sequence[str] = ()) -> dict:
@@ -240,8 +240,11 @@ def gpu_suite(device: str, out_dir: "str | Path", peak_tflops: "float | None", s
 
     def distill() -> list[dict]:
         def row(options: Sequence[str], label: str, **kwargs: object) -> dict:
-            return measure_distill(size, pair(options), dev, big, seconds, repeats, peak_tflops, label=label,
-                                   reference_teachers=pair(), **kwargs)
+            try:
+                return measure_distill(size, pair(options), dev, big, seconds, repeats, peak_tflops, label=label,
+                                       reference_teachers=pair(), **kwargs)
+            except Exception as exc:  # one configuration failing must not hide the others
+                return {"variant": label, "batch": big, "error": _error(exc)}
 
         return [row((), "eager"), row(("bf16",), "eager, bf16 teachers"),
                 row(("bf16", "fftconv", "flexattn"), "eager, bf16 teachers + FFT conv + FlexAttention"),
