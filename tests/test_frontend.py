@@ -69,4 +69,5 @@ def test_batch_of_16_needs_at_most_a_quarter_of_the_loops_operator_calls(batch_f
     with OperatorCounter() as batched:
         batch_fbank(wavs, lens, batch_frames)
     assert batched.total * 4 <= loop.total, (batched.total, loop.total)
+    assert batched.launches * 4 <= loop.launches, (batched.launches, loop.launches)  # views launch nothing
     assert batched.by_name["aten._fft_r2c"] <= 8  # the passes, not the items
