@@ -53,7 +53,7 @@ class ConvSubsampling(nn.Module):
 
     def forward(self, feats: torch.Tensor, frame_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats [B, F, mels] (zero beyond frame_lens) -> ([B, T, D], lengths [B])."""
-        x = F.relu(self.conv1(feats.unsqueeze(1)))  # [B, C, T', F']
+        x = F.relu(self.conv1(feats.unsqueeze(1).to(self.conv1.weight.dtype)))  # [B, C, T', F'] (bf16 weights: bf16)
         mid = padding_mask(self.output_lengths(frame_lens), x.shape[2])
         if mid is not None:  # zeros beyond each item's end, exactly what running it alone would see
             x = x.masked_fill(mid[:, None, :, None], 0.0)
@@ -73,12 +73,20 @@ class ConvPositionalEncoder(nn.Module):
         self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups) for _ in range(depth))
         self.dim = dim
 
+    @staticmethod
+    def time_conv(conv: nn.Conv1d, h: torch.Tensor) -> torch.Tensor:
+        """conv over time of h [B, T, D] -> [B, T, D], without transposes: [B, T, D] is the
+        channels-last (NHWC) layout of [B, D, 1, T], so a conv2d runs on that view (cuDNN's NHWC
+        kernels on a GPU) and its channels-last output is [B, T, D] again, contiguous."""
+        weight = conv.weight.unsqueeze(2)  # [D, D / groups, 1, kernel]
+        out = F.conv2d(h.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, conv.padding[0]), groups=conv.groups)
+        return out.squeeze(2).transpose(1, 2)
+
     def forward(self, x: torch.Tensor, pad: "torch.Tensor | None") -> torch.Tensor:
         h = x
         for conv in self.convs:
             h = _zero_padded(h, pad)
-            h = conv(h.transpose(1, 2)).transpose(1, 2)
-            h = F.gelu(F.layer_norm(h, (self.dim,)))
+            h = F.gelu(F.layer_norm(self.time_conv(conv, h), (self.dim,)))
         return x + h
 
 

@@ -186,7 +186,16 @@ class ATSTFrameTeacher(Teacher):
         self.frame_rate = FRAME_RATE
         self.num_layers = encoder.config.depth
         self.dim = encoder.config.dim
+        self.compute_dtype: "torch.dtype | None" = None  # set by cast_frozen
         self.freeze()
+
+    def cast_frozen(self, dtype: torch.dtype) -> "ATSTFrameTeacher":
+        """Hold the frozen encoder's weights in `dtype` (bf16 on a GPU) and run it without
+        autocast: no per-call weight casts. The mel frontend stays fp32. (Numbers differ from
+        fp32 weights at bf16 level.)"""
+        self.encoder.to(dtype)
+        self.compute_dtype = dtype
+        return self
 
     def num_tokens(self, mel_lens: torch.Tensor) -> torch.Tensor:
         """Output tokens for clips of `mel_lens` frames: floor(frames / 4) per chunk, summed."""
@@ -235,7 +244,11 @@ class ATSTFrameTeacher(Teacher):
                 f"the minimum is {MIN_SAMPLES}"
             )
         mel, mel_lens = self.frontend(wavs, lens)
-        layers, token_lens = self.encode(mel, mel_lens)
+        if self.compute_dtype is None:
+            layers, token_lens = self.encode(mel, mel_lens)
+        else:
+            with torch.autocast(wavs.device.type, enabled=False):
+                layers, token_lens = self.encode(mel.to(self.compute_dtype), mel_lens)
         return TeacherOutput(layers=layers, lengths=token_lens, frame_rate=self.frame_rate)
 
 
