@@ -6,10 +6,15 @@ Run directory: <runs>/superb/<TASK>/<name>/ is s3prl's experiment directory, plu
   usad_test.log   the evaluation of the selected checkpoint(s) on the test split
 Stages that are done are skipped on rerun; an interrupted training resumes from s3prl's newest
 states-*.ckpt (`-e`). Any upstream s3prl knows works (usad -k CKPT, fbank, wavlm_local -k ...).
+The upstream name and checkpoint are checked before anything starts or is written, so a typo
+costs one line and leaves no run directory. s3prl's output goes to the logs; `verbose` also
+streams it.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from results import s3prl_logs
-from results.manifest import file_hash, now, owner, read_manifest, write_manifest
+from results.manifest import checkpoint_hash, default_model_name, now, owner, read_manifest, refuse_other_run, write_manifest
 from results.tasks import SUPERB, SUPERB_TASKS
 
 from .recipes import Recipe, format_overrides, get_recipe, step_overrides, unknown_config_keys
@@ -45,6 +50,7 @@ class SuperbRun:
     workers: "int | None" = None
     override: "str | None" = None  # extra s3prl -o text, appended last
     feature_cache_mb: float = 0.0  # usad/usad_teacher upstreams: per-file feature cache budget
+    verbose: bool = False  # stream s3prl's output too (it always goes to the stage logs)
     python: str = sys.executable
 
     @property
@@ -53,9 +59,7 @@ class SuperbRun:
 
     @property
     def model_name(self) -> str:
-        if self.name:
-            return self.name
-        return f"{self.upstream}-{self.upstream_ckpt.stem}" if self.upstream_ckpt else self.upstream
+        return self.name or default_model_name(self.upstream, self.upstream_ckpt)
 
     @property
     def expdir(self) -> Path:
@@ -66,8 +70,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _stream(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
-    """Run cmd, copying its stdout+stderr both to our stdout and to `log` (appended).
+def _stream(cmd: Sequence[str], log: Path, env: dict[str, str], echo: bool = False) -> int:
+    """Run cmd, its stdout+stderr appended to `log`, and copied to our stdout when `echo`
+    (otherwise only s3prl's overall progress bar is shown, on a terminal).
 
     SIGTERM is turned into KeyboardInterrupt meanwhile, so a killed recipe takes its s3prl child
     down with it and records the stage as interrupted instead of leaving an orphan training.
@@ -75,13 +80,17 @@ def _stream(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
     main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
     try:
-        return _stream_to(cmd, log, env)
+        return _stream_to(cmd, log, env, echo)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def _stream_to(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
+_PROGRESS = re.compile(rb"overall:[^\r\n]*")  # s3prl's tqdm bar over the training steps
+
+
+def _stream_to(cmd: Sequence[str], log: Path, env: dict[str, str], echo: bool) -> int:
+    progress = not echo and sys.stderr.isatty()
     with log.open("ab") as sink:
         sink.write(f"\n=== {now()} $ {' '.join(cmd)}\n".encode())
         sink.flush()
@@ -94,13 +103,26 @@ def _stream_to(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
                     break
                 sink.write(chunk)
                 sink.flush()
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+                if echo:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                elif progress and (bars := _PROGRESS.findall(chunk)):
+                    sys.stderr.write("\r" + bars[-1].decode(errors="replace").rstrip()[:120])
+                    sys.stderr.flush()
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            if progress:
+                sys.stderr.write("\n")
         return proc.wait()
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    """The last non-empty lines of a stage log: where s3prl's error is."""
+    text = log.read_text(errors="replace").replace("\r", "\n") if log.is_file() else ""
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
 class _Stages:
@@ -123,12 +145,7 @@ class _Stages:
 def _open_manifest(run: SuperbRun, ckpt_hash: str) -> dict:
     old = read_manifest(run.expdir)
     if old is not None:
-        same = (old.get("upstream"), old.get("checkpoint_hash")) == (run.upstream, ckpt_hash)
-        if not same:
-            raise ValueError(
-                f"{run.expdir} holds a run of upstream {old.get('upstream')!r} (checkpoint {old.get('checkpoint_hash')!r}), "
-                f"not {run.upstream!r} ({ckpt_hash!r}); pick another --name"
-            )
+        refuse_other_run(run.expdir, old, {"upstream": run.upstream, "checkpoint_hash": ckpt_hash}, run.upstream_ckpt)
         return old
     return {
         "benchmark": SUPERB, "task": run.recipe.task, "model": run.model_name, "upstream": run.upstream,
@@ -136,6 +153,18 @@ def _open_manifest(run: SuperbRun, ckpt_hash: str) -> dict:
         "data": str(Path(run.data).resolve()), "config": str(run.recipe.config), "steps": run.steps,
         "created": now(), "stages": {s: {"status": "pending"} for s in STAGES},
     }
+
+
+def check_upstream(upstream: str, ckpt: "Path | None") -> None:
+    """The upstream name against s3prl.hub and, for the project's upstreams, the checkpoint (or
+    spec) loaded once, so a typo or a wrong file fails in one line before s3prl starts."""
+    from usad_upstream.upstream.hubconf import ENTRIES, check_upstream_name
+
+    check_upstream_name(upstream)
+    if upstream in ENTRIES:
+        ENTRIES[upstream](ckpt=str(ckpt) if ckpt else None)  # raises UsadUpstreamError (a ValueError) naming the problem
+    elif ckpt is not None and "://" not in str(ckpt) and not Path(ckpt).exists():
+        raise ValueError(f"-k {ckpt}: no such file for upstream {upstream!r}")
 
 
 def _overrides(run: SuperbRun, data_values: dict[str, object]) -> str:
@@ -171,12 +200,16 @@ def run_superb(run: SuperbRun) -> Path:
     data = Path(run.data)
     if not data.is_dir():
         raise ValueError(f"--data {data}: not a directory")
-    if run.upstream_ckpt is not None and not Path(run.upstream_ckpt).is_file():
-        raise ValueError(f"upstream checkpoint not found: {run.upstream_ckpt}")
+    check_upstream(run.upstream, run.upstream_ckpt)
     expdir = run.expdir
-    ckpt_hash = file_hash(run.upstream_ckpt) if run.upstream_ckpt else ""
-    stages = _Stages(run, _open_manifest(run, ckpt_hash))
-    overrides = _overrides(run, recipe.data(data.resolve(), expdir))  # checks the data layout first
+    created = next((p for p in reversed([expdir, *expdir.parents]) if not p.exists()), None)  # top new folder
+    try:
+        stages = _Stages(run, _open_manifest(run, checkpoint_hash(run.upstream_ckpt)))
+        overrides = _overrides(run, recipe.data(data.resolve(), expdir))  # checks the data layout first
+    except BaseException:
+        if created is not None:  # bad input leaves no run directory behind (PR's data step writes into it)
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     expdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if recipe.task == "SID":
@@ -191,15 +224,20 @@ def run_superb(run: SuperbRun) -> Path:
 
     def stage(name: str, cmds: list[list[str]], log: Path) -> None:
         stages.set(name, "running")
+        if not run.verbose:
+            print(f"SUPERB {recipe.task} {run.model_name}: {name} (log: {log})", flush=True)
         for cmd in cmds:
             try:
-                rc = _stream(cmd, log, env)
+                rc = _stream(cmd, log, env, run.verbose)
             except KeyboardInterrupt:
                 stages.set(name, "interrupted")
                 raise
             if rc != 0:
                 stages.set(name, "failed", error=f"exit status {rc}; see {log}")
-                raise RecipeError(f"SUPERB {recipe.task} {name} stage failed (exit status {rc}); see {log}")
+                if not run.verbose:
+                    print(f"--- last lines of {log}:\n{_tail(log)}\n---", file=sys.stderr, flush=True)
+                raise RecipeError(f"SUPERB {recipe.task} {name} stage failed (exit status {rc}); see {log}; "
+                                  f"fix it and run the same command again (finished stages are kept)")
 
     if stages.status("train") != "done":
         if any(expdir.glob("states-*.ckpt")):
