@@ -212,6 +212,7 @@ def run_superb(run: SuperbRun) -> Path:
         raise
     expdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    env.pop("TQDM_DISABLE", None)  # s3prl counts its training steps on a tqdm bar: disabled, it never stops
     if recipe.task == "SID":
         env[CACHE_ENV] = str(expdir / "s3prl_cache")
     if run.feature_cache_mb:
