@@ -149,6 +149,7 @@ def test_feature_cache_budget_reaches_the_s3prl_process(tmp_path: Path, monkeypa
     (data / "speech_commands_test_set_v0.01").mkdir()
     envs: list[dict[str, str]] = []
     monkeypatch.delenv("USAD_FEATURE_CACHE_MB", raising=False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # s3prl's runner would never stop: the child must not get it
     monkeypatch.setattr(runner, "_stream", lambda cmd, log, env, echo=False: envs.append(env) or 1)
     for budget in (0.0, 64.0):
         run = runner.SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=tmp_path / f"runs{budget}",
@@ -156,6 +157,7 @@ def test_feature_cache_budget_reaches_the_s3prl_process(tmp_path: Path, monkeypa
         with pytest.raises(runner.RecipeError):
             runner.run_superb(run)
     assert "USAD_FEATURE_CACHE_MB" not in envs[0] and envs[1]["USAD_FEATURE_CACHE_MB"] == "64.0"
+    assert not any("TQDM_DISABLE" in env for env in envs)
 
 
 def test_failed_stage_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
