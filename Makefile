@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 HEAR_NODEPS := heareval==2021.1.3 hearvalidator==2021.0.2
+# USAD 2.0 teachers, without their declared extras (setup.cfg, extra `teachers`, says why)
+TEACHER_NODEPS := muq==0.1.0 openai-whisper==20250625
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup test demo clean-venv
@@ -13,8 +15,8 @@ setup: $(STAMP)
 # Re-runs only when the pinned set or the package metadata change: a second `make setup` takes seconds.
 $(STAMP): requirements/constraints.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c requirements/constraints.txt -e '.[s3prl,hear,results,test]'
-	$(PIP) install -q --no-deps $(HEAR_NODEPS)
+	$(PIP) install -q -c requirements/constraints.txt -e '.[s3prl,hear,results,teachers,test]'
+	$(PIP) install -q --no-deps $(HEAR_NODEPS) $(TEACHER_NODEPS)
 	touch $@
 
 # `make demo` (<= 40 min on 2 cores), `make demo QUICK=1` (<= 10 min), `make demo FORCE=1` (rebuild all).

@@ -34,7 +34,7 @@ def _superb_run(args: argparse.Namespace) -> int:
         task=args.task, upstream=args.upstream, data=Path(args.data), runs_dir=Path(args.runs_dir),
         upstream_ckpt=Path(args.upstream_ckpt) if args.upstream_ckpt else None, name=args.name,
         device=args.device, steps=steps, workers=args.workers, override=args.override,
-        feature_cache_mb=args.feature_cache_mb, verbose=args.verbose,
+        feature_cache_mb=args.feature_cache_mb, trust_remote_code=args.trust_remote_code, verbose=args.verbose,
     )
     try:
         expdir = run_superb(run)
@@ -58,7 +58,7 @@ def _hear_run(args: argparse.Namespace) -> int:
     run = HearRun(
         module=args.module, tasks_dir=Path(args.tasks_dir), model=Path(args.model) if args.model else None,
         runs_dir=Path(args.runs_dir), name=args.name, grid=args.grid, grid_points=args.grid_points, tasks=tuple(args.task or ()),
-        model_options=options, verbose=args.verbose,
+        model_options=options, trust_remote_code=args.trust_remote_code, verbose=args.verbose,
     )
     try:
         run_dir = run_hear(run)
@@ -91,7 +91,9 @@ def add_hear_run(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
     p = commands.add_parser("run", help="heareval embeddings + predictions over every task of a tasks dir")
     p.add_argument("--module", default="hear_api", help="HEAR API module (default: hear_api)")
-    p.add_argument("--model", help="weights file for the module's load_model (a USAD .safetensors for hear_api)")
+    p.add_argument("--model", help="weights for the module's load_model (hear_api: a USAD .safetensors, a release "
+                                   "snapshot directory or a hub id)")
+    p.add_argument("--trust-remote-code", action="store_true", help="hear_api on a release: allow running its code")
     p.add_argument("--tasks-dir", required=True, help="folder of HEAR task directories")
     p.add_argument("--task", action="append", help="only this task directory (repeatable)")
     p.add_argument("--grid", choices=GRIDS, default="default", help="heareval's hyperparameter grid (default: default)")
@@ -125,7 +127,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p = commands.add_parser("run", help="train, pick the best dev checkpoint, test (finished stages are skipped)")
     p.add_argument("--task", required=True, type=str.upper, choices=list(RECIPES), help="SUPERB task")
     p.add_argument("--upstream", "-u", required=True, help="s3prl upstream name: usad, fbank, wavlm_local, ...")
-    p.add_argument("--upstream-ckpt", "-k", help="upstream checkpoint (for usad: a .safetensors student)")
+    p.add_argument("--upstream-ckpt", "-k", help="upstream checkpoint (usad: a .safetensors student, a release "
+                                                 "snapshot directory or a hub id such as MIT-SLS/USAD-Base)")
+    p.add_argument("--trust-remote-code", action="store_true", help="usad on a release: allow running its code")
     p.add_argument("--data", required=True, help="dataset root for the task (layout: downstream_recipes/superb/recipes.py)")
     p.add_argument("--device", help="torch device for s3prl (default: cuda if available, else cpu)")
     p.add_argument("--name", help="run name (default: <upstream>-<checkpoint stem>, usad_local counting as usad)")

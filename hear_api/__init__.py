@@ -2,12 +2,15 @@
 
     import hear_api
     model = hear_api.load_model("usad_base.safetensors")            # or layers="last", pooling="concat"
+    model = hear_api.load_model("MIT-SLS/USAD-Base", trust_remote_code=True)   # an official release
     emb, ts = hear_api.get_timestamp_embeddings(audio, model)        # [n, T, D], [n, T] in ms
     scene = hear_api.get_scene_embeddings(audio, model)              # [n, D]
 
 heareval:  usad hear embed hear_api --model usad_base.safetensors --tasks-dir tasks
 (the same arguments as `python -m heareval.embeddings.runner`, which works as is where TensorFlow
-is installed; `usad hear embed` first applies usad_upstream.compat.patch_heareval).
+is installed; `usad hear embed` first applies usad_upstream.compat.patch_heareval). --model takes
+any checkpoint form of usad_upstream.release.resolve_checkpoint; a release's own code runs only
+with USAD_TRUST_REMOTE_CODE=1 (or the trust_remote_code option).
 """
 from __future__ import annotations
 
@@ -17,24 +20,26 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from usad_upstream.checkpoint import HOW_TO_GET, load_model as load_usad
-from usad_upstream.frontend import MIN_SAMPLES, SAMPLE_RATE, batch_fbank, check_waveforms
+from usad_upstream.checkpoint import HOW_TO_GET
+from usad_upstream.frontend import MIN_SAMPLES, SAMPLE_RATE, batch_fbank, check_waveforms, num_fbank_frames
 from usad_upstream.model import DOWNSAMPLE_RATE, ConvSubsampling, UsadModel
+from usad_upstream.release import load_encoder
 
 __all__ = ["load_model", "get_timestamp_embeddings", "get_scene_embeddings", "UsadHearModel", "frame_timestamps_ms"]
 
 POOLINGS = ("mean", "concat")
-OPTIONS = ("layers", "pooling", "max_fbank_frames")
+OPTIONS = ("layers", "pooling", "max_fbank_frames", "target_layer", "trust_remote_code")
 
 # Frame j of the encoder is centred on fbank frame 2j (conv kernel 3, padding 1, stride 2, then
 # stride 1): fbank frame k spans samples [160k, 160k + 400), so frame j is centred on sample
 # 320j + 200, i.e. 20j + 12.5 ms. Exact for every input length: no frame is dropped or shifted.
+# At 25 Hz (a second time stride 2, padding 1) frame j is centred on fbank frame 4j: 640j + 200.
 _FIRST_CENTRE_SAMPLES = MIN_SAMPLES / 2
 
 
-def frame_timestamps_ms(num_frames: int) -> torch.Tensor:
-    """Centres, in ms, of the first `num_frames` encoder frames: 12.5, 32.5, 52.5, ..."""
-    centre = torch.arange(num_frames, dtype=torch.float64) * DOWNSAMPLE_RATE + _FIRST_CENTRE_SAMPLES
+def frame_timestamps_ms(num_frames: int, hop: int = DOWNSAMPLE_RATE) -> torch.Tensor:
+    """Centres, in ms, of the first `num_frames` encoder frames `hop` samples apart: 12.5, 32.5, ..."""
+    centre = torch.arange(num_frames, dtype=torch.float64) * hop + _FIRST_CENTRE_SAMPLES
     return (centre * 1000.0 / SAMPLE_RATE).float()
 
 
@@ -42,12 +47,14 @@ class UsadHearModel(nn.Module):
     """A USAD encoder plus the fixed choice of layers that HEAR's frozen-embedding protocol needs.
 
     `layers` are 1-based block indices; `pooling` "mean" averages them (size D), "concat" stacks
-    them on the feature axis (size D * len(layers)).
+    them on the feature axis (size D * len(layers)). The encoder is our UsadModel (windowed, so
+    memory stays bounded by the window) or a release's own model (usad_upstream.release), which
+    takes the whole clip at once, windowing inside as the release does.
     """
 
     sample_rate: int = SAMPLE_RATE
 
-    def __init__(self, encoder: UsadModel, layers: Sequence[int], pooling: str) -> None:
+    def __init__(self, encoder: nn.Module, layers: Sequence[int], pooling: str) -> None:
         super().__init__()
         self.encoder = encoder
         self.layers = tuple(layers)
@@ -70,20 +77,27 @@ class UsadHearModel(nn.Module):
             return torch.cat(chosen, dim=-1)
         return torch.stack(chosen, dim=0).mean(dim=0)
 
-    def features(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate audio [n, N], move the encoder to its device, and compute the whole clip's
-        fbank ([n, F, 128], cheap: 128 floats per 10 ms) and frame counts."""
+    def num_frames(self, audio: torch.Tensor) -> "int | None":
+        """Validate audio [n, N]; its encoder frames when known before encoding (native models), else None."""
+        check_waveforms(audio)
+        if not isinstance(self.encoder, UsadModel):
+            return None
+        return int(ConvSubsampling.output_lengths(num_fbank_frames(torch.tensor(audio.shape[1]))))
+
+    def embedding_chunks(self, audio: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Validate audio [n, N], move the encoder to its device, and yield consecutive
+        [n, t, size] pieces covering every frame in order.
+
+        A native encoder runs on windows of `max_fbank_frames` of the whole clip's fbank ([n, F,
+        128], cheap: 128 floats per 10 ms) and only the pooled layers of each window are kept, so
+        memory is bounded by the window, not by the clip.
+        """
         lens = check_waveforms(audio)
         self.encoder.to(audio.device)
-        return batch_fbank(audio, lens)
-
-    def embedding_chunks(self, feats: torch.Tensor, frame_lens: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Consecutive [n, t, size] pieces covering every frame in order.
-
-        The encoder runs on windows of `max_fbank_frames` and only the pooled layers of each
-        window are kept, so memory is bounded by the window, not by the clip.
-        """
-        for part in self.encoder.chunks(feats, frame_lens):
+        if not isinstance(self.encoder, UsadModel):
+            yield self.pool(self.encoder(audio, lens)["hidden_states"])
+            return
+        for part in self.encoder.chunks(*batch_fbank(audio, lens)):
             yield self.pool(part["hidden_states"])
 
 
@@ -118,10 +132,14 @@ def _parse_layers(value: object, num_layers: int) -> tuple[int, ...]:
 def load_model(model_file_path: str = "", **options: object) -> UsadHearModel:
     """Load a USAD checkpoint as a HEAR model (torch.nn.Module with sample_rate and embedding sizes).
 
+    model_file_path: our .safetensors, a release snapshot directory or a hub id (MIT-SLS/USAD-Base).
     Options (heareval passes them with --model-options '{"layers": "last"}'):
       layers: "all" (default), "last", or 1-based block indices ("3,6,9,12" or [3, 6, 9, 12]).
       pooling: "mean" (default) or "concat" over the chosen layers.
-      max_fbank_frames: encoder window in fbank frames (even); default: the checkpoint's (3000, 30 s).
+      target_layer: USAD 2.0's option: the encoder stops after this block ("all" = 1..target_layer).
+      trust_remote_code: run an official release's own code (also: USAD_TRUST_REMOTE_CODE=1).
+      max_fbank_frames: encoder window in fbank frames (even); default: the checkpoint's (3000, 30 s);
+        native checkpoints only (a release windows as its code does).
 
     Why the default is the mean of all block outputs: HEAR trains only a small MLP on frozen
     embeddings, so the layer mix cannot be learned per task as SUPERB's weighted sum is, and USAD's
@@ -139,11 +157,18 @@ def load_model(model_file_path: str = "", **options: object) -> UsadHearModel:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"hear_api.load_model: unknown option(s) {unknown}; known options are {list(OPTIONS)}")
-    encoder = load_usad(model_file_path)
+    target_layer = options.get("target_layer")
+    if target_layer is not None and (isinstance(target_layer, bool) or not isinstance(target_layer, int)):
+        raise ValueError(f"hear_api option target_layer must be a block index (int), got {target_layer!r}")
+    encoder = load_encoder(model_file_path, trust_remote_code=bool(options.get("trust_remote_code")),
+                           target_layer=target_layer)
     window = options.get("max_fbank_frames")
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, int):
             raise ValueError(f"hear_api option max_fbank_frames must be an even int >= 2, got {window!r}")
+        if not isinstance(encoder, UsadModel):
+            raise ValueError("hear_api option max_fbank_frames applies to native checkpoints; a release windows "
+                             "as its own code does (convert it with `usad convert` to choose)")
         encoder.config = dataclasses.replace(encoder.config, max_fbank_frames=window)
     layers = _parse_layers(options.get("layers", "all"), encoder.config.layers)
     pooling = options.get("pooling", "mean")
@@ -163,15 +188,19 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: UsadHearModel) -> tuple
     timestamps [n_sounds, n_frames] = frame centres in ms, 20 ms apart, starting at 12.5 ms)."""
     model = _check_model(model)
     with torch.inference_mode():
-        feats, frame_lens = model.features(audio)
-        total = int(ConvSubsampling.output_lengths(frame_lens).max())
-        out = feats.new_empty(feats.shape[0], total, model.timestamp_embedding_size)
-        start = 0
-        for piece in model.embedding_chunks(feats, frame_lens):  # pieces are copied in and dropped
-            out[:, start : start + piece.shape[1]] = piece
-            start += piece.shape[1]
-        assert start == total, (start, total)
-        timestamps = frame_timestamps_ms(total).to(out.device).expand(out.shape[0], total).contiguous()
+        total = model.num_frames(audio)
+        if total is None:  # a release: one piece, its frame count known only afterwards
+            out = torch.cat(list(model.embedding_chunks(audio)), dim=1).float()
+            total = out.shape[1]
+        else:
+            out = audio.new_empty(audio.shape[0], total, model.timestamp_embedding_size, dtype=torch.float32)
+            start = 0
+            for piece in model.embedding_chunks(audio):  # pieces are copied in and dropped
+                out[:, start : start + piece.shape[1]] = piece
+                start += piece.shape[1]
+            assert start == total, (start, total)
+        hop = model.encoder.downsample_rate
+        timestamps = frame_timestamps_ms(total, hop).to(out.device).expand(out.shape[0], total).contiguous()
     return out, timestamps
 
 
@@ -182,7 +211,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: UsadHearModel) -> torch.Ten
     with torch.inference_mode():
         total: "torch.Tensor | None" = None
         frames = 0
-        for piece in model.embedding_chunks(*model.features(audio)):
+        for piece in model.embedding_chunks(audio):
             piece_sum = piece.sum(dim=1, dtype=torch.float64)
             total = piece_sum if total is None else total + piece_sum
             frames += piece.shape[1]

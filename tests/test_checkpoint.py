@@ -1,11 +1,9 @@
-import re
-
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from usad_upstream import build_model, load_model, save_checkpoint
-from usad_upstream.checkpoint import RELEASED_KEY_RULES, CheckpointError, infer_config
+from usad_upstream.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError
 
 
 def test_round_trip_rebuilds_the_model_from_the_file_alone(tmp_path):
@@ -58,48 +56,30 @@ def test_newer_format_version_is_refused(tmp_path):
         load_model(path)
 
 
-def _to_released_names(name: str) -> str:
-    """Inverse of the key map for the ESPnet-style names the rules expect (test helper)."""
-    inverse = [
-        (r"^subsampling\.conv1\.", "encoder.frontend.conv.0."),
-        (r"^subsampling\.conv2\.", "encoder.frontend.conv.2."),
-        (r"^subsampling\.proj\.", "encoder.frontend.out."),
-        (r"^subsampling\.norm\.", "encoder.frontend.norm."),
-        (r"^pos_conv\.convs\.(\d+)\.", r"encoder.pos_conv.\1.0."),
-        (r"^blocks\.(\d+)\.", r"encoder.layers.\1."),
-        (r"\.attn\.q_proj\.", ".self_attn.linear_q."),
-        (r"\.attn\.k_proj\.", ".self_attn.linear_k."),
-        (r"\.attn\.v_proj\.", ".self_attn.linear_v."),
-        (r"\.attn\.out_proj\.", ".self_attn.linear_out."),
-        (r"\.attn\.pos_proj\.", ".self_attn.linear_pos."),
-        (r"\.attn\.pos_bias_([uv])$", r".self_attn.pos_bias_\1"),
-        (r"\.ffn\.fc1\.", ".feed_forward.w_1."),
-        (r"\.ffn\.fc2\.", ".feed_forward.w_2."),
-        (r"\.attn_norm\.", ".norm_mha."),
-        (r"\.ffn_norm\.", ".norm_ff."),
-        (r"^final_norm\.", "encoder.after_norm."),
-    ]
-    for pattern, replacement in inverse:
-        name = re.sub(pattern, replacement, name)
-    return "model." + name
+def test_a_snapshot_weights_file_points_to_its_directory_and_usad_convert(tmp_path):
+    """The keys-start-with-`model.` guess map is gone: such a file is named for what it is."""
+    state = {f"model.{k}": v.contiguous() for k, v in build_model("tiny", layers=1).state_dict().items()}
+    path = tmp_path / "snap" / "model.safetensors"
+    path.parent.mkdir()
+    save_file(state, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"weights file of a Hugging Face snapshot.*usad convert .*snap -o"):
+        load_model(path)
 
 
-def test_released_layout_is_mapped_and_config_inferred(tmp_path):
-    assert RELEASED_KEY_RULES  # the map exists; the real header is still unverified (README)
-    model = build_model("tiny", layers=3)
-    state = {_to_released_names(k): v.contiguous() for k, v in model.state_dict().items()}
-    assert all(k.startswith("model.") for k in state)
-    path = tmp_path / "model.safetensors"
-    save_file(state, str(path))
+def test_checkpoints_written_before_the_release_flags_still_load(tmp_path):
+    """Configs without ffn_residual_scale / position_encoding / attention_scale get today's model."""
+    import json
+
+    torch.manual_seed(2)
+    model = build_model("tiny", layers=1, dropout=0.0).eval()
+    old = {k: v for k, v in model.config.to_dict().items()
+           if k not in ("ffn_residual_scale", "position_encoding", "attention_scale")}
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(old)})
     loaded = load_model(path)
-    assert (loaded.config.dim, loaded.config.layers, loaded.config.heads) == (192, 3, 4)
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value)
-
-
-def test_infer_config_names_presets():
-    with torch.device("meta"):
-        state = build_model("small").state_dict()
-    assert infer_config(state).name == "small"
-    with pytest.raises(CheckpointError, match="cannot infer"):
-        infer_config({"x": torch.zeros(1)})
+    assert (loaded.config.ffn_residual_scale, loaded.config.position_encoding, loaded.config.attention_scale) == (
+        1.0, "relative", "head_dim")
+    wav = torch.randn(1, 8000) * 0.1
+    with torch.inference_mode():
+        assert torch.equal(loaded(wav)["x"], model(wav)["x"])

@@ -59,7 +59,7 @@ def test_wrong_checkpoint_is_one_line_before_s3prl(bad: str, tmp_path: Path, ks_
     runs = tmp_path / "runs"
     err = _one_line_error(capsys, ["superb", "run", "--task", "KS", "-u", "usad", "-k", str(ckpt), "--data", str(ks_data),
                                    "--runs-dir", str(runs)])
-    expected = {"audio": "is an audio file (WAV), not a checkpoint", "run_dir": "is a distillation run directory",
+    expected = {"audio": "is an audio file (WAV), not a checkpoint", "run_dir": "run directory, not a checkpoint",
                 "missing": "checkpoint not found"}[bad]
     assert expected in err
     if bad == "run_dir":

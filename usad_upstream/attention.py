@@ -19,6 +19,27 @@ def relative_sinusoids(length: int, dim: int, device: torch.device, dtype: torch
     return table.to(dtype)
 
 
+def absolute_sinusoids(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Sinusoids of absolute positions 0 ... length-1 -> [length, dim] (the same formula and values)."""
+    return relative_sinusoids(length, dim, device, dtype)[:length].flip(0)
+
+
+# config.position_encoding -> the position table that enters every block's attention
+POSITION_ENCODINGS = {"relative": relative_sinusoids, "absolute_shift": absolute_sinusoids}
+
+
+def shifted_absolute_scores(scores: torch.Tensor) -> torch.Tensor:
+    """The openspeech/sooftware Conformer's relative shift of [B, H, T, T] scores against ABSOLUTE
+    positions 0..T-1 (pad a zero column, read the buffer back in rows of T, drop the first row).
+
+    Kept exactly, wrap-around included: entry (i, j) is scores[i, T-1-i+j] for j <= i, 0 for
+    j = i+1 and scores[i+1, j-i-2] for j > i+1. It depends on T, so padding changes it: callers
+    apply it per item length (see RelPositionSelfAttention).
+    """
+    b, h, t, _ = scores.shape
+    return F.pad(scores, (1, 0)).reshape(b, h, t * (t + 1))[:, :, t:].reshape(b, h, t, t)
+
+
 def rel_shift(scores: torch.Tensor) -> torch.Tensor:
     """[B, H, T, W] scores over offsets -> [B, H, T, W-(T-1)] with row r shifted left by (T-1-r).
 
@@ -48,13 +69,22 @@ def relative_position_bias(q_v: torch.Tensor, p: torch.Tensor, block: int = 128)
 
 
 class RelPositionSelfAttention(nn.Module):
-    """Multi-head self-attention with learned u/v biases and projected sinusoidal offsets."""
+    """Multi-head self-attention with learned u/v biases and projected sinusoidal offsets.
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    `position_encoding="absolute_shift"` and `attention_scale="model_dim"` express the official
+    releases' openspeech-style attention (scores / sqrt(dim), positions through
+    `shifted_absolute_scores`); the defaults are Transformer-XL's.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, position_encoding: str = "relative",
+                 attention_scale: str = "head_dim") -> None:
         super().__init__()
         self.heads = heads
         self.head_dim = dim // heads
         self.dropout = dropout
+        self.shifted_absolute = position_encoding == "absolute_shift"
+        self.score_dim = dim if attention_scale == "model_dim" else self.head_dim
+        self.sdpa_scale = None if self.score_dim == self.head_dim else 1.0 / math.sqrt(self.score_dim)
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -67,7 +97,7 @@ class RelPositionSelfAttention(nn.Module):
         self._pos_cache: "tuple[tuple, torch.Tensor] | None" = None
 
     def projected_positions(self, pos: torch.Tensor) -> torch.Tensor:
-        """pos_proj(pos) / sqrt(head_dim) as [H, head_dim, 2T-1].
+        """pos_proj(pos) / sqrt(head_dim) (or sqrt(dim), see attention_scale) as [H, head_dim, rows of pos].
 
         It depends only on weights and length, so outside autograd it is cached per length:
         repeated inference on equal-length windows (HEAR chunks, benchmarks) skips a (2T-1) x D^2
@@ -78,7 +108,7 @@ class RelPositionSelfAttention(nn.Module):
         cacheable = not torch.is_grad_enabled()
         if cacheable and self._pos_cache is not None and self._pos_cache[0] == key:
             return self._pos_cache[1]
-        p = (self.pos_proj(pos) * (1.0 / math.sqrt(self.head_dim))).view(-1, self.heads, self.head_dim)
+        p = (self.pos_proj(pos) * (1.0 / math.sqrt(self.score_dim))).view(-1, self.heads, self.head_dim)
         p = p.permute(1, 2, 0).contiguous()
         if cacheable:
             self._pos_cache = (key, p)
@@ -92,10 +122,25 @@ class RelPositionSelfAttention(nn.Module):
         v = self.v_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         q_u = (q + self.pos_bias_u).transpose(1, 2)
         q_v = (q + self.pos_bias_v).transpose(1, 2)
-        bias = relative_position_bias(q_v, self.projected_positions(pos))
+        if self.shifted_absolute:
+            bias = self._shifted_absolute_bias(q_v, self.projected_positions(pos), key_padding)
+        else:
+            bias = relative_position_bias(q_v, self.projected_positions(pos))
         if key_padding is not None:
             bias.masked_fill_(key_padding[:, None, None, :], float("-inf"))
         out = F.scaled_dot_product_attention(
-            q_u, k, v, attn_mask=bias.to(q_u.dtype), dropout_p=self.dropout if self.training else 0.0
+            q_u, k, v, attn_mask=bias.to(q_u.dtype), dropout_p=self.dropout if self.training else 0.0,
+            scale=self.sdpa_scale,
         )
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+    @staticmethod
+    def _shifted_absolute_bias(q_v: torch.Tensor, p: torch.Tensor, key_padding: "torch.Tensor | None") -> torch.Tensor:
+        """Position bias of the "absolute_shift" encoding for each item at its own length (the shift
+        depends on T, so an item of a padded batch gets exactly what it gets alone)."""
+        if key_padding is None:
+            return shifted_absolute_scores(torch.matmul(q_v, p))
+        bias = q_v.new_zeros(q_v.shape[0], q_v.shape[1], q_v.shape[2], q_v.shape[2])
+        for i, n in enumerate((~key_padding).sum(dim=1).tolist()):
+            bias[i, :, :n, :n] = shifted_absolute_scores(torch.matmul(q_v[i : i + 1, :, :n], p[:, :, :n]))[0]
+        return bias

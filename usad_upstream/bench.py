@@ -116,6 +116,19 @@ def _usad(size: str, device: torch.device) -> Contender:
     return Contender(f"usad_{size}", lambda w, n: model(w, n), model.num_parameters())
 
 
+def _release(size: str, workdir: Path, device: torch.device) -> Contender:
+    """The release backend (a release's own code behind our wrapper) on a stand-in snapshot of
+    `size` (usad_upstream/release/standin: our reading of the release's code, not the real one)."""
+    from .release import load_encoder
+    from .release.fixtures import write_standin_snapshot
+
+    directory = workdir / f"release_standin_{size}"
+    if not (directory / "model.safetensors").exists():
+        write_standin_snapshot(directory, size=size)
+    encoder = load_encoder(str(directory), trust_remote_code=True).to(device)
+    return Contender(f"release_{size}", lambda w, n: encoder(w, n), encoder.num_parameters())
+
+
 def _teacher_files(workdir: Path) -> dict[str, Path]:
     from .teachers.fixtures import write_atst_checkpoint, write_wavlm_checkpoint
 
@@ -165,6 +178,8 @@ def build_contenders(names: Sequence[str], workdir: Path, device: torch.device) 
     for name in names:
         if name.startswith("usad_"):
             out.append(_usad(name.removeprefix("usad_"), device))
+        elif name.startswith("release_"):
+            out.append(_release(name.removeprefix("release_"), workdir, device))
         elif name == "wavlm_base_plus":
             wavlm = teacher("wavlm")
             out.append(Contender(name, _windowed(wavlm), params(wavlm)))
@@ -181,7 +196,8 @@ def build_contenders(names: Sequence[str], workdir: Path, device: torch.device) 
     return out
 
 
-DEFAULT_MODELS = ("usad_small", "usad_base", "usad_large", "wavlm_base_plus", "atst_frame", "wavlm+atst", "distilhubert")
+DEFAULT_MODELS = ("usad_small", "usad_base", "usad_large", "release_base", "wavlm_base_plus", "atst_frame", "wavlm+atst",
+                  "distilhubert")
 
 
 def _sync(device: torch.device) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from typing import Sequence
 
@@ -33,13 +34,18 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    import json
+    from .release.info import describe
 
-    from . import load_model
+    print(describe(args.checkpoint, trust_remote_code=args.trust_remote_code))
+    return 0
 
-    model = load_model(args.checkpoint)
-    print(json.dumps(model.config.to_dict(), indent=2))
-    print(f"parameters: {model.num_parameters():,}")
+
+def _convert(args: argparse.Namespace) -> int:
+    from .release.convert import convert_to_file
+
+    path, metadata = convert_to_file(args.snapshot, args.output, trust_remote_code=args.trust_remote_code)
+    print(f"wrote {path}: every layer matches the release's own code (max |diff| "
+          f"{json.loads(metadata['verified'])['max_abs_diff']:.1e}); licence {metadata['license']}")
     return 0
 
 
@@ -52,9 +58,17 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("-o", "--output", required=True, help="output .safetensors path")
     p.set_defaults(func=_init)
 
-    p = sub.add_parser("info", help="print a checkpoint's config and parameter count")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("info", help="what a checkpoint is: config, parameter count, licence (any checkpoint form)")
+    p.add_argument("checkpoint", help="student .safetensors, release snapshot directory, hub id or export directory")
+    p.add_argument("--trust-remote-code", action="store_true", help="also load a release through its own code")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("convert", help="an official release as a native checkpoint, verified layer by layer")
+    p.add_argument("snapshot", help="release snapshot directory or hub id (MIT-SLS/USAD-Base)")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors path (written only if verified)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow running the release's own code (needed: it is the reference the check compares with)")
+    p.set_defaults(func=_convert)
 
 
 def subcommands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str) -> "argparse._SubParsersAction[argparse.ArgumentParser]":

@@ -1,4 +1,4 @@
-"""The one compatibility layer between this modern stack and torchaudio / s3prl / heareval.
+"""The one compatibility layer between this modern stack and torchaudio / s3prl / heareval / muq.
 
 Every patch checks first and only adds what is missing, so it is a no-op on stacks that work.
 """
@@ -60,6 +60,39 @@ def import_torchaudio() -> ModuleType:
         return torchaudio
 
 
+# --- muq (the MuQ teacher) -----------------------------------------------------------------------
+
+
+def import_muq() -> ModuleType:
+    """muq's SSL model subpackage `muq.muq` (MuQ, MuQConfig), without running `muq/__init__.py`.
+
+    muq 0.1.0's package init also imports MuQ-MuLan, whose text tower imports x_clip, which pulls
+    torchvision; PyPI's torchvision does not import beside this CPU torch wheel, and the SSL model
+    needs none of them (it needs einops, easydict, torchaudio, transformers, huggingface_hub). So
+    the package module is made from its spec without executing its init, `muq.muq` is imported
+    under it, and MuQ / MuQConfig are set on it so `from muq import MuQ` works as documented. A
+    `muq` already imported (fully, where x_clip works) is used as it is.
+    """
+    import_torchaudio()  # muq's feature module imports torchaudio at top level
+    added = "muq" not in sys.modules
+    if added:
+        spec = importlib.util.find_spec("muq")
+        if spec is None:
+            raise ImportError("the MuQ teacher needs the muq package: `make setup`, or pip install --no-deps muq==0.1.0 && pip install einops easydict")
+        sys.modules["muq"] = importlib.util.module_from_spec(spec)
+    try:
+        ssl = importlib.import_module("muq.muq")
+    except ImportError:
+        if added:
+            del sys.modules["muq"]
+        raise
+    package = sys.modules["muq"]
+    for name in ("MuQ", "MuQConfig"):
+        if not hasattr(package, name):
+            setattr(package, name, getattr(ssl, name))
+    return ssl
+
+
 # --- heareval / hear-validator -------------------------------------------------------------------
 
 
@@ -67,8 +100,10 @@ def _tensorflow_stand_in() -> ModuleType:
     """A `tensorflow` module holding only what heareval and hear-validator touch for torch models.
 
     Both import TensorFlow at top level; for a torch model they only ask `isinstance(model,
-    tf.Module)` and, when torch sees a GPU, `tf.test.is_gpu_available()`. Anything else raises an
-    AttributeError saying TensorFlow is absent, so a real TF model fails loudly, not silently.
+    tf.Module)` and, when torch sees a GPU, `tf.test.is_gpu_available()`. einops (in the MuQ
+    teacher) sees `tensorflow` in sys.modules and asks `isinstance(x, (tf.Tensor, tf.Variable))`.
+    Anything else raises an AttributeError saying TensorFlow is absent, so a real TF model fails
+    loudly, not silently.
     """
     import importlib.machinery
 
@@ -80,6 +115,9 @@ def _tensorflow_stand_in() -> ModuleType:
 
     class Module:
         """No object is ever a tf.Module without TensorFlow, so heareval takes its torch path."""
+
+    class Tensor:
+        """No object is ever a tf.Tensor (or tf.Variable) without TensorFlow."""
 
     def is_gpu_available(cuda_only: bool = False, min_cuda_compute_capability: object = None) -> bool:
         # heareval refuses to run when torch sees a GPU that TF does not; without TF there is no
@@ -95,6 +133,7 @@ def _tensorflow_stand_in() -> ModuleType:
     test = ModuleType("tensorflow.test")
     test.is_gpu_available = is_gpu_available  # type: ignore[attr-defined]
     tf.Module = Module  # type: ignore[attr-defined]
+    tf.Tensor = tf.Variable = Tensor  # type: ignore[attr-defined]
     tf.test = test  # type: ignore[attr-defined]
     tf.__getattr__ = missing  # type: ignore[attr-defined]
     return tf

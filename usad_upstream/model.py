@@ -1,13 +1,15 @@
 """The USAD student encoder: fbank -> conv subsampling -> conv positions -> rel-pos transformer."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import RelPositionSelfAttention, relative_sinusoids
+from .attention import POSITION_ENCODINGS, RelPositionSelfAttention
 from .frontend import batch_fbank, check_waveforms
 from .presets import UsadConfig, resolve_config
 
@@ -84,20 +86,23 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LN block; returns (block output, FFN output before the residual add)."""
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, ffn_residual_scale: float = 1.0,
+                 position_encoding: str = "relative", attention_scale: str = "head_dim") -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(dim)
-        self.attn = RelPositionSelfAttention(dim, heads, dropout)
+        self.attn = RelPositionSelfAttention(dim, heads, dropout, position_encoding, attention_scale)
         self.ffn_norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.dropout = nn.Dropout(dropout)
+        self.ffn_residual_scale = ffn_residual_scale
 
     def forward(
         self, x: torch.Tensor, pos: torch.Tensor, pad: "torch.Tensor | None"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x = x + self.dropout(self.attn(self.attn_norm(x), pos, pad))
         ffn_out = self.ffn(self.ffn_norm(x))
-        return x + self.dropout(ffn_out), ffn_out
+        residual = ffn_out if self.ffn_residual_scale == 1.0 else ffn_out * self.ffn_residual_scale
+        return x + self.dropout(residual), ffn_out
 
 
 class UsadModel(nn.Module):
@@ -112,7 +117,8 @@ class UsadModel(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(config.dim, config.heads, config.dim * config.ffn_mult, config.dropout)
+            TransformerBlock(config.dim, config.heads, config.dim * config.ffn_mult, config.dropout,
+                             config.ffn_residual_scale, config.position_encoding, config.attention_scale)
             for _ in range(config.layers)
         )
         self.final_norm = nn.LayerNorm(config.dim)
@@ -130,7 +136,7 @@ class UsadModel(nn.Module):
         pad = padding_mask(lengths, x.shape[1])
         x = self.dropout(self.pos_conv(x, pad))
         embedding = _zero_padded(x, pad)
-        pos = relative_sinusoids(x.shape[1], self.config.dim, x.device, x.dtype)
+        pos = POSITION_ENCODINGS[self.config.position_encoding](x.shape[1], self.config.dim, x.device, x.dtype)
         hidden_states, ffn = [], []
         for block in self.blocks:
             x, ffn_out = block(x, pos, pad)
@@ -196,3 +202,15 @@ def _scatter_rows(values: torch.Tensor, rows: torch.Tensor, length: int) -> torc
 def build_model(size_or_config: "str | UsadConfig | dict" = "base", **overrides: object) -> UsadModel:
     """Build a randomly initialised student from a preset name, a config or a dict, with overrides."""
     return UsadModel(resolve_config(size_or_config, **overrides))
+
+
+def truncated(model: UsadModel, target_layer: int) -> UsadModel:
+    """Blocks 1..target_layer of `model` as a model of their own, sharing its weights: USAD 2.0's
+    `target_layer` (the encoder stops after that block; `x` is the final LayerNorm of its output)."""
+    if isinstance(target_layer, bool) or not isinstance(target_layer, int) or not 1 <= target_layer <= model.config.layers:
+        raise ValueError(f"target_layer must be a block index from 1 to {model.config.layers}, got {target_layer!r}")
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # a copy: the original keeps all its blocks
+    view._modules["blocks"] = nn.ModuleList(list(model.blocks)[:target_layer])
+    view.config = dataclasses.replace(model.config, layers=target_layer)
+    return view

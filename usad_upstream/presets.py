@@ -21,6 +21,11 @@ class UsadConfig:
     pos_conv_kernel: int = 19
     pos_conv_groups: int = 16
     max_fbank_frames: int = 3000
+    # Variants that express the official releases' code (usad convert reads them from its config.json);
+    # the defaults are this toolkit's own model.
+    ffn_residual_scale: float = 1.0  # 0.5: the release's half_step_residual
+    position_encoding: str = "relative"  # or "absolute_shift" (see attention.POSITION_ENCODINGS)
+    attention_scale: str = "head_dim"  # scores / sqrt(head_dim), or "model_dim": / sqrt(dim)
     name: str = "custom"
     extra: dict = field(default_factory=dict)
 
@@ -35,6 +40,12 @@ class UsadConfig:
             raise ValueError(f"UsadConfig: pos_conv_kernel must be odd, got {self.pos_conv_kernel}")
         if self.max_fbank_frames < 2 or self.max_fbank_frames % 2:
             raise ValueError(f"UsadConfig: max_fbank_frames must be even and >= 2, got {self.max_fbank_frames}")
+        for field_name, allowed in (("position_encoding", ("relative", "absolute_shift")),
+                                    ("attention_scale", ("head_dim", "model_dim"))):
+            if getattr(self, field_name) not in allowed:
+                raise ValueError(f"UsadConfig: {field_name} must be one of {list(allowed)}, got {getattr(self, field_name)!r}")
+        if not self.ffn_residual_scale > 0:
+            raise ValueError(f"UsadConfig: ffn_residual_scale must be > 0, got {self.ffn_residual_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -46,6 +46,7 @@ class HearRun:
     grid_points: int = 8  # heareval's --grid-points: how many points of the grid are tried
     tasks: tuple[str, ...] = ()  # task directory names; empty: every task in tasks_dir
     model_options: dict = field(default_factory=dict)
+    trust_remote_code: bool = False  # hear_api on a release snapshot: let its own code run
     verbose: bool = False  # stream heareval's output too (it always goes to usad_hear.log)
 
     @property
@@ -69,7 +70,7 @@ class HearRun:
         return "".join(f"-{slugify(str(k))}={slugify(str(v))}" for k, v in self.model_options.items())
 
 
-def check_module(module: str, model: "Path | None", options: dict) -> None:
+def check_module(module: str, model: "str | None", options: dict) -> None:
     """Import the HEAR module and load its model once, as heareval will, so a wrong --module or
     --model (an audio file, a run directory) fails in one line before any task starts."""
     try:
@@ -80,7 +81,7 @@ def check_module(module: str, model: "Path | None", options: dict) -> None:
     if missing:
         raise ValueError(f"--module {module}: not a HEAR 2021 module (no {', '.join(missing)})")
     try:
-        mod.load_model(str(Path(model).resolve()), **options) if model is not None else mod.load_model(**options)
+        mod.load_model(model, **options) if model is not None else mod.load_model(**options)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - another module's own error type: one line all the same
@@ -161,6 +162,23 @@ def _summary(tasks: dict) -> dict:
     return {"run": {"status": overall}}
 
 
+def _model(run: HearRun) -> tuple["str | None", str]:
+    """(--model for heareval, its content hash): hear_api takes any form the library resolves (a
+    file, a release snapshot, a hub id); other modules a file."""
+    if run.model is None:
+        return None, ""
+    if run.module == "hear_api":
+        from usad_upstream.release import TRUST_ENV, resolve_checkpoint
+
+        resolved = resolve_checkpoint(run.model)
+        if run.trust_remote_code:
+            os.environ[TRUST_ENV] = "1"  # heareval's runner calls hear_api.load_model in this process
+        return str(resolved.path.resolve()), "+".join(checkpoint_hash(p) for p in resolved.hash_files)
+    if not Path(run.model).is_file():
+        raise ValueError(f"--model {run.model}: file not found")
+    return str(Path(run.model).resolve()), checkpoint_hash(run.model)
+
+
 def run_hear(run: HearRun) -> Path:
     """Embeddings + predictions for every task; returns the run directory."""
     from usad_upstream.hear import run_embeddings_runner, run_predictions_runner
@@ -169,20 +187,18 @@ def run_hear(run: HearRun) -> Path:
         raise ValueError(f"--grid must be one of {', '.join(GRIDS)}, got {run.grid!r}")
     if run.grid_points < 1:
         raise ValueError(f"--grid-points must be >= 1, got {run.grid_points}")
-    if run.model is not None and not Path(run.model).exists():
-        raise ValueError(f"--model {run.model}: file not found")
+    model, ckpt_hash = _model(run)
     tasks = task_dirs(run.tasks_dir, run.tasks)
-    check_module(run.module, run.model, run.model_options)
+    check_module(run.module, model, run.model_options)
     run_dir = run.run_dir
-    ckpt_hash = checkpoint_hash(run.model)
     manifest = read_manifest(run_dir)
     if manifest is not None:
         manifest.setdefault("model_options", {})  # runs recorded before options were
         refuse_other_run(run_dir, manifest, {"module": run.module, "checkpoint_hash": ckpt_hash,
-                                             "model_options": run.model_options}, run.model)
+                                             "model_options": run.model_options}, model)
     else:
         manifest = {"benchmark": HEAR, "model": run.model_name, "module": run.module,
-                    "checkpoint": str(Path(run.model).resolve()) if run.model else None,
+                    "checkpoint": model,
                     "checkpoint_hash": ckpt_hash, "model_options": run.model_options,
                     "tasks_dir": str(Path(run.tasks_dir).resolve()),
                     "embeddings_dir": run.embeddings_subdir, "grid": run.grid, "grid_points": run.grid_points, "created": now(), "tasks": {}}
@@ -210,7 +226,7 @@ def run_hear(run: HearRun) -> Path:
               flush=True)
         try:
             with output_to(log, run.verbose):
-                _run_task(run, task_dir, embed_root, out_root, run_embeddings_runner, run_predictions_runner)
+                _run_task(run, task_dir, model, embed_root, out_root, run_embeddings_runner, run_predictions_runner)
             info.update(status="done", finished=now())
             print(f" done in {time.time() - began:.0f} s", flush=True)
         except KeyboardInterrupt:
@@ -231,13 +247,14 @@ def run_hear(run: HearRun) -> Path:
 Runner = Callable[[list[str]], int]
 
 
-def _run_task(run: HearRun, task_dir: Path, embed_root: Path, out_root: Path, embed: Runner, predict: Runner) -> None:
+def _run_task(run: HearRun, task_dir: Path, model: "str | None", embed_root: Path, out_root: Path, embed: Runner,
+              predict: Runner) -> None:
     """heareval's embeddings runner, then its predictions runner, on one task."""
     print(f"\n=== {now()} task {task_dir.name}", flush=True)
     embed_args = [run.module, "--tasks-dir", str(Path(run.tasks_dir).resolve()), "--task", task_dir.name,
                   "--embeddings-dir", str(embed_root), "--model-options", json.dumps(run.model_options)]
-    if run.model is not None:
-        embed_args += ["--model", str(Path(run.model).resolve())]
+    if model is not None:
+        embed_args += ["--model", model]
     rc = embed(embed_args)
     if rc != 0:
         raise RuntimeError(f"heareval embeddings runner exit status {rc}")

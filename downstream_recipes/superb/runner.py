@@ -50,6 +50,7 @@ class SuperbRun:
     workers: "int | None" = None
     override: "str | None" = None  # extra s3prl -o text, appended last
     feature_cache_mb: float = 0.0  # usad/usad_teacher upstreams: per-file feature cache budget
+    trust_remote_code: bool = False  # usad upstream on a release snapshot: let its own code run
     verbose: bool = False  # stream s3prl's output too (it always goes to the stage logs)
     python: str = sys.executable
 
@@ -142,29 +143,43 @@ class _Stages:
         write_manifest(self.run.expdir, self.manifest)
 
 
-def _open_manifest(run: SuperbRun, ckpt_hash: str) -> dict:
+def _checkpoint(run: SuperbRun) -> tuple["str | None", str]:
+    """(-k for s3prl, its content hash): the usad upstreams take any form the library resolves (a
+    file, a release snapshot, a hub id: hashed over config.json + weights); other upstreams a file."""
+    if run.upstream_ckpt is None:
+        return None, ""
+    if run.upstream in ("usad", "usad_local"):
+        from usad_upstream.release import resolve_checkpoint
+
+        resolved = resolve_checkpoint(run.upstream_ckpt)
+        return str(resolved.path.resolve()), "+".join(checkpoint_hash(p) for p in resolved.hash_files)
+    if not Path(run.upstream_ckpt).is_file():
+        raise ValueError(f"upstream checkpoint not found: {run.upstream_ckpt}")
+    return str(Path(run.upstream_ckpt).resolve()), checkpoint_hash(run.upstream_ckpt)
+
+
+def _open_manifest(run: SuperbRun, ckpt: "str | None", ckpt_hash: str) -> dict:
     old = read_manifest(run.expdir)
     if old is not None:
         refuse_other_run(run.expdir, old, {"upstream": run.upstream, "checkpoint_hash": ckpt_hash}, run.upstream_ckpt)
         return old
     return {
         "benchmark": SUPERB, "task": run.recipe.task, "model": run.model_name, "upstream": run.upstream,
-        "checkpoint": str(run.upstream_ckpt.resolve()) if run.upstream_ckpt else None, "checkpoint_hash": ckpt_hash,
+        "checkpoint": ckpt, "checkpoint_hash": ckpt_hash,
         "data": str(Path(run.data).resolve()), "config": str(run.recipe.config), "steps": run.steps,
         "created": now(), "stages": {s: {"status": "pending"} for s in STAGES},
     }
 
 
-def check_upstream(upstream: str, ckpt: "Path | None") -> None:
-    """The upstream name against s3prl.hub and, for the project's upstreams, the checkpoint (or
-    spec) loaded once, so a typo or a wrong file fails in one line before s3prl starts."""
-    from usad_upstream.upstream.hubconf import ENTRIES, check_upstream_name
+def load_upstream_once(upstream: str, ckpt: "str | None", trust_remote_code: bool = False) -> None:
+    """Build the project's upstreams (usad, usad_local, usad_teacher) from their checkpoint or
+    spec once, so a wrong file fails in one line before s3prl starts (and not after its imports)."""
+    from usad_upstream.upstream.hubconf import ENTRIES
 
-    check_upstream_name(upstream)
-    if upstream in ENTRIES:
-        ENTRIES[upstream](ckpt=str(ckpt) if ckpt else None)  # raises UsadUpstreamError (a ValueError) naming the problem
-    elif ckpt is not None and "://" not in str(ckpt) and not Path(ckpt).exists():
-        raise ValueError(f"-k {ckpt}: no such file for upstream {upstream!r}")
+    if upstream not in ENTRIES:
+        return
+    options = {"trust_remote_code": True} if trust_remote_code and upstream != "usad_teacher" else {}
+    ENTRIES[upstream](ckpt=ckpt, **options)  # raises UsadUpstreamError (a ValueError) naming the problem
 
 
 def _overrides(run: SuperbRun, data_values: dict[str, object]) -> str:
@@ -200,11 +215,15 @@ def run_superb(run: SuperbRun) -> Path:
     data = Path(run.data)
     if not data.is_dir():
         raise ValueError(f"--data {data}: not a directory")
-    check_upstream(run.upstream, run.upstream_ckpt)
+    from usad_upstream.upstream.hubconf import check_upstream_name  # imports s3prl
+
+    check_upstream_name(run.upstream)  # a typo: one line naming the close names
+    ckpt, ckpt_hash = _checkpoint(run)
+    load_upstream_once(run.upstream, ckpt, run.trust_remote_code)
     expdir = run.expdir
     created = next((p for p in reversed([expdir, *expdir.parents]) if not p.exists()), None)  # top new folder
     try:
-        stages = _Stages(run, _open_manifest(run, checkpoint_hash(run.upstream_ckpt)))
+        stages = _Stages(run, _open_manifest(run, ckpt, ckpt_hash))
         overrides = _overrides(run, recipe.data(data.resolve(), expdir))  # checks the data layout first
     except BaseException:
         if created is not None:  # bad input leaves no run directory behind (PR's data step writes into it)
@@ -215,6 +234,10 @@ def run_superb(run: SuperbRun) -> Path:
     env.pop("TQDM_DISABLE", None)  # s3prl counts its training steps on a tqdm bar: disabled, it never stops
     if recipe.task == "SID":
         env[CACHE_ENV] = str(expdir / "s3prl_cache")
+    if run.trust_remote_code:
+        from usad_upstream.release import TRUST_ENV
+
+        env[TRUST_ENV] = "1"
     if run.feature_cache_mb:
         from usad_upstream.upstream.cache import FEATURE_CACHE_ENV  # imports s3prl: only when asked
 
@@ -246,8 +269,8 @@ def run_superb(run: SuperbRun) -> Path:
         else:
             cmd = [*entry, "-m", "train", "-u", run.upstream, "-d", recipe.expert, "-c", str(recipe.config),
                    "-p", str(expdir), "-o", overrides, *device]
-            if run.upstream_ckpt:
-                cmd += ["-k", str(Path(run.upstream_ckpt).resolve())]
+            if ckpt:
+                cmd += ["-k", ckpt]
         stage("train", [cmd], train_log)
         stages.set("train", "done")
 

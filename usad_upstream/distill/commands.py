@@ -1,4 +1,4 @@
-"""`usad distill`, `usad distill-cache`, `usad export` and `usad manifest build`."""
+"""`usad distill`, `usad distill-cache`, `usad export` (also `--hf`: the release format) and `usad manifest build`."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+    from ..model import UsadModel
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -73,11 +75,11 @@ def _device(config: dict) -> "torch.device":
     return torch.device("cpu")
 
 
-def export_student(run_checkpoint: "str | Path", output: "str | Path") -> Path:
-    """Student weights of a distillation checkpoint (heads dropped) -> a USAD .safetensors file."""
+def student_from_run(run_checkpoint: "str | Path") -> "tuple[UsadModel, dict[str, str], Path]":
+    """Student of a distillation checkpoint (heads dropped), its metadata and the run directory."""
     import torch
 
-    from ..checkpoint import CheckpointError, save_checkpoint
+    from ..checkpoint import CheckpointError
     from ..model import build_model
     from ..presets import UsadConfig
     from .trainer import latest_checkpoint
@@ -102,16 +104,51 @@ def export_student(run_checkpoint: "str | Path", output: "str | Path") -> Path:
         config = UsadConfig.from_dict(state["student_config"])
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: its student_config is not a USAD model config ({exc})") from None
-    weights = state["student"]
     model = build_model(config)
-    model.load_state_dict(weights)
+    model.load_state_dict(state["student"])
     extra = {"distilled_step": str(state.get("step")), "distilled_from": str(path.resolve())}
-    return save_checkpoint(model, output, extra=extra)
+    return model.eval(), extra, path.resolve().parent.parent
+
+
+def _export_source(source: str, trust_remote_code: bool) -> "tuple[UsadModel, dict[str, str], Path | None, str]":
+    """(model, metadata, run dir, kind) of what `usad export` was given: a distillation run or its
+    step_*.pt, a student .safetensors, an export directory, or a release (converted, verified)."""
+    from ..checkpoint import read_safetensors
+    from ..release import load_encoder, resolve_checkpoint
+    from ..release.convert import convert
+
+    path = Path(source)
+    if (path.is_dir() and not (path / "config.json").is_file()) or (path.is_file() and path.suffix != ".safetensors"):
+        return (*student_from_run(path), "run")
+    resolved = resolve_checkpoint(source)
+    if resolved.kind == "release":
+        model, metadata = convert(resolved, trust_remote_code)
+        return model, metadata, None, "release"
+    metadata = read_safetensors(resolved.path)[1] if resolved.kind == "student" else {}
+    distilled = Path(metadata["distilled_from"]) if "distilled_from" in metadata else None
+    run_dir = distilled.parent.parent if distilled is not None and distilled.parent.name == "checkpoints" else None
+    extra = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "config")}
+    return load_encoder(resolved), extra, run_dir, resolved.kind
 
 
 def _export(args: argparse.Namespace) -> int:
-    out = export_student(args.run_checkpoint, args.output)
-    print(f"wrote {out} (load with usad_upstream.load_model, s3prl `-u usad -k {out}`, or hear_api)")
+    from ..checkpoint import save_checkpoint
+
+    if not args.output and not args.hf:
+        raise ValueError("usad export needs -o student.safetensors and/or --hf DIR")
+    model, metadata, run_dir, kind = _export_source(args.source, args.trust_remote_code)
+    if args.output:
+        if kind in ("student", "export") and not args.hf:
+            raise ValueError(f"{args.source}: already a native checkpoint ({kind}); `-o` writes one from a "
+                             "distillation run or a release, `--hf DIR` exports it in the release's format")
+        out = save_checkpoint(model, args.output, extra=metadata)
+        print(f"wrote {out} (load with usad_upstream.load_model, s3prl `-u usad -k {out}`, or hear_api)")
+    if args.hf:
+        from ..release.hf_export import card_from_run, export_hf
+
+        directory = export_hf(model, args.hf, card_from_run(run_dir, metadata))
+        print(f"wrote {directory}: AutoModel.from_pretrained('{directory}', trust_remote_code=True) "
+              "(needs torch, torchaudio, transformers only)")
     return 0
 
 
@@ -158,9 +195,14 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=_cache)
 
-    p = sub.add_parser("export", help="turn a distillation checkpoint into a student .safetensors (heads dropped)")
-    p.add_argument("run_checkpoint", help="checkpoints/step_*.pt of a run, or the run directory (latest checkpoint)")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    p = sub.add_parser("export", help="a distillation run as a student .safetensors (-o) and/or in the release's "
+                                      "Hugging Face format (--hf DIR)")
+    p.add_argument("source", help="run directory (latest checkpoint) or its checkpoints/step_*.pt; for --hf also a "
+                                  "student .safetensors; a release snapshot or hub id is converted first (verified)")
+    p.add_argument("-o", "--output", help="output .safetensors path")
+    p.add_argument("--hf", metavar="DIR", help="new directory: config.json, model.safetensors, modeling files, "
+                                               "README.md model card (AutoModel with trust_remote_code=True)")
+    p.add_argument("--trust-remote-code", action="store_true", help="a release source: allow running its code")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("manifest", help="distillation manifests")

@@ -4,6 +4,10 @@
     build_teacher({"kind": "atst_frame", "path": "atstframe_base.ckpt"})
     build_teacher({"kind": "s3prl", "name": "hubert", "ckpt": None})
     build_teacher({"kind": "usad", "path": "student.safetensors", "target": "hidden_states"})
+    build_teacher({"kind": "usad", "path": "MIT-SLS/USAD-Base", "trust_remote_code": True})
+    build_teacher({"kind": "muq", "path": "MuQ-large-msd-iter/"})
+    build_teacher({"kind": "whisper", "path": "large-v3.pt"})                     # or a transformers folder
+    build_teacher({"kind": "whisper", "path": "audio-flamingo-3-hf/", "variant": "af_whisper"})
 """
 from __future__ import annotations
 
@@ -51,10 +55,35 @@ def _s3prl(spec: Mapping[str, Any]) -> Teacher:
 
 
 def _usad(spec: Mapping[str, Any]) -> Teacher:
-    from ..checkpoint import load_model
+    """Any checkpoint form usad_upstream.release resolves: our .safetensors, a release snapshot or
+    hub id (its own code: trust_remote_code), an export; target_layer stops after that block."""
+    from ..release import load_encoder
     from .usad import UsadTeacher
 
-    return UsadTeacher(load_model(_path(spec, "usad")), target=spec.get("target", "ffn"))
+    if not spec.get("path"):
+        raise ValueError("teacher kind 'usad' needs 'path' (a .safetensors file, a release snapshot directory or a hub id)")
+    encoder = load_encoder(str(spec["path"]), trust_remote_code=bool(spec.get("trust_remote_code", False)),
+                           target_layer=spec.get("target_layer"))
+    return UsadTeacher(encoder, target=spec.get("target", "ffn"))
+
+
+def _muq(spec: Mapping[str, Any]) -> Teacher:
+    from .muq import MuQTeacher, load_muq
+
+    if not spec.get("path"):
+        raise ValueError("teacher kind 'muq' needs 'path' (the MuQ checkpoint folder: config.json + model.safetensors)")
+    return MuQTeacher(load_muq(spec["path"]), target=spec.get("target", "hidden_states"))
+
+
+def _whisper(spec: Mapping[str, Any]) -> Teacher:
+    from .whisper import load_whisper
+
+    if spec.get("target", "hidden_states") != "hidden_states":
+        raise ValueError(f"whisper teachers give hidden states only (each block's output); got target {spec['target']!r}")
+    if not spec.get("path"):
+        raise ValueError("teacher kind 'whisper' needs 'path' (an openai-whisper .pt file or a transformers folder)")
+    return load_whisper(spec["path"], variant=spec.get("variant"), key_prefix=spec.get("key_prefix"),
+                        trust_pickle=bool(spec.get("trust_pickle", False)))
 
 
 # kind -> (builder, the spec fields it reads besides 'kind')
@@ -62,7 +91,9 @@ KINDS: dict[str, tuple[Callable[[Mapping[str, Any]], Teacher], set[str]]] = {
     "wavlm": (_wavlm, {"path", "target", "trust_pickle"}),
     "atst_frame": (_atst_frame, {"path", "target", "trust_pickle", "chunk_frames"}),
     "s3prl": (_s3prl, {"name", "ckpt", "target", "include_input_layer", "batched", "extra_conf"}),
-    "usad": (_usad, {"path", "target"}),
+    "usad": (_usad, {"path", "target", "trust_remote_code", "target_layer"}),
+    "muq": (_muq, {"path", "target"}),
+    "whisper": (_whisper, {"path", "target", "variant", "key_prefix", "trust_pickle"}),
 }
 
 

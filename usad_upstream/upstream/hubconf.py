@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import HOW_TO_GET
@@ -17,9 +16,10 @@ from .teacher_expert import UpstreamBase, usad_teacher
 
 
 def usad(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None" = None, **kwargs: object) -> UpstreamExpert:
-    """USAD student from a local .safetensors checkpoint (ours or the released weights).
+    """USAD from our .safetensors, a release snapshot directory or a hub id (see the expert).
 
-    `refresh` and other s3prl hub options are accepted and ignored: nothing is downloaded.
+    `refresh` and other s3prl hub options are accepted and ignored; a hub id is looked up in the
+    Hugging Face cache first. Options: target_layer, trust_remote_code (S3PRLUpstream extra_conf).
     """
     kwargs.pop("refresh", None)
     if not ckpt:
@@ -27,12 +27,7 @@ def usad(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None
             "the usad upstream needs a checkpoint: pass -k/--upstream_ckpt PATH to run_downstream.py or "
             f"path_or_url=PATH to S3PRLUpstream; {HOW_TO_GET}"
         )
-    text = str(ckpt)
-    if "://" in text:
-        raise UsadUpstreamError(f"usad upstream: {text} is a URL; download the .safetensors file first and pass its path")
-    if not Path(text).exists():  # a directory or an audio file gets its own message from the loader
-        raise UsadUpstreamError(f"usad upstream: checkpoint not found: {text}; {HOW_TO_GET}")
-    return UpstreamExpert(text, model_config=model_config, **kwargs)
+    return UpstreamExpert(str(ckpt), model_config=model_config, **kwargs)
 
 
 def usad_local(ckpt: "str | os.PathLike[str] | None" = None, model_config: "str | None" = None, **kwargs: object) -> UpstreamExpert:
