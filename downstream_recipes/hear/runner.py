@@ -114,6 +114,8 @@ def output_to(log: Path, echo: bool) -> Iterator[None]:
         try:
             yield
         finally:
+            # Flushed, not closed: a handler made meanwhile (Lightning's logging) may keep one and
+            # write later, which then reaches the restored descriptor.
             sys.stdout.flush()
             sys.stderr.flush()
             sys.stdout, sys.stderr = streams
