@@ -1,7 +1,7 @@
 """`usad superb run`, `usad hear run` and `usad leaderboard`: thin wrappers over the recipes.
 
-    usad superb run --task ks --upstream usad -k CKPT --data ROOT [--device cuda] [--name N] [--quick]
-    usad hear run --module hear_api --model CKPT --tasks-dir DIR [--grid fast|default]
+    usad superb run --task ks --upstream usad -k CKPT --data ROOT [--device cuda] [--name N] [--quick] [--verbose]
+    usad hear run --module hear_api --model CKPT --tasks-dir DIR [--grid fast|default] [--verbose]
     usad leaderboard RUNS_DIR -o OUT_DIR
 
 `usad hear run` joins the `hear` group that usad_upstream/hear.py creates (the library's
@@ -15,9 +15,17 @@ import sys
 from pathlib import Path
 
 
+def _scores(run_dir: Path) -> None:
+    """The run's per-task scores, read as the leaderboard reads them."""
+    from results.collect import collect, score_table
+
+    if run_dir.is_dir():
+        print(score_table(collect(run_dir)), flush=True)
+
+
 def _superb_run(args: argparse.Namespace) -> int:
     from .superb.recipes import get_recipe
-    from .superb.runner import SuperbRun, run_superb
+    from .superb.runner import RecipeError, SuperbRun, run_superb
 
     steps = args.steps
     if args.quick and steps is None:
@@ -26,15 +34,20 @@ def _superb_run(args: argparse.Namespace) -> int:
         task=args.task, upstream=args.upstream, data=Path(args.data), runs_dir=Path(args.runs_dir),
         upstream_ckpt=Path(args.upstream_ckpt) if args.upstream_ckpt else None, name=args.name,
         device=args.device, steps=steps, workers=args.workers, override=args.override,
-        feature_cache_mb=args.feature_cache_mb, trust_remote_code=args.trust_remote_code,
+        feature_cache_mb=args.feature_cache_mb, trust_remote_code=args.trust_remote_code, verbose=args.verbose,
     )
-    expdir = run_superb(run)
+    try:
+        expdir = run_superb(run)
+    except RecipeError:
+        _scores(run.expdir)
+        raise
     print(f"SUPERB {run.recipe.task} done: {expdir}")
+    _scores(expdir)
     return 0
 
 
 def _hear_run(args: argparse.Namespace) -> int:
-    from .hear.runner import HearRun, run_hear
+    from .hear.runner import HearRun, HearRunError, run_hear
 
     try:
         options = json.loads(args.model_options)
@@ -45,10 +58,15 @@ def _hear_run(args: argparse.Namespace) -> int:
     run = HearRun(
         module=args.module, tasks_dir=Path(args.tasks_dir), model=Path(args.model) if args.model else None,
         runs_dir=Path(args.runs_dir), name=args.name, grid=args.grid, grid_points=args.grid_points, tasks=tuple(args.task or ()),
-        model_options=options, trust_remote_code=args.trust_remote_code,
+        model_options=options, trust_remote_code=args.trust_remote_code, verbose=args.verbose,
     )
-    run_dir = run_hear(run)
+    try:
+        run_dir = run_hear(run)
+    except HearRunError:
+        _scores(run.run_dir)
+        raise
     print(f"HEAR done: {run_dir}")
+    _scores(run_dir)
     return 0
 
 
@@ -82,7 +100,9 @@ def add_hear_run(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--grid-points", type=int, default=8, help="points of the grid tried per task (heareval's default: 8)")
     p.add_argument("--model-options", default="{}", help="JSON kwargs for load_model, as heareval's option")
     p.add_argument("--runs-dir", default="runs", help="root of run directories (default: runs)")
-    p.add_argument("--name", help="run name (default: <module>-<checkpoint stem>)")
+    p.add_argument("--name", help="run name (default: the SUPERB name of the same checkpoint, e.g. usad-<checkpoint "
+                                  "stem> for hear_api)")
+    p.add_argument("--verbose", action="store_true", help="stream heareval's output (always in RUN_DIR/usad_hear.log)")
     p.set_defaults(func=_hear_run)
 
 
@@ -112,7 +132,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--trust-remote-code", action="store_true", help="usad on a release: allow running its code")
     p.add_argument("--data", required=True, help="dataset root for the task (layout: downstream_recipes/superb/recipes.py)")
     p.add_argument("--device", help="torch device for s3prl (default: cuda if available, else cpu)")
-    p.add_argument("--name", help="run name (default: <upstream>-<checkpoint stem>)")
+    p.add_argument("--name", help="run name (default: <upstream>-<checkpoint stem>, usad_local counting as usad)")
+    p.add_argument("--verbose", action="store_true", help="stream s3prl's output (always in the run's usad_*.log files)")
     p.add_argument("--runs-dir", default="runs", help="root of run directories (default: runs)")
     p.add_argument("--steps", type=int, help="train this many steps instead of the SUPERB count (evals scale along)")
     p.add_argument("--quick", action="store_true", help="short CPU run: the task's quick step count (see recipes.py)")

@@ -31,12 +31,16 @@ def main() -> None:
 
     patch_s3prl()
     from usad_upstream.upstream import UsadUpstreamError, register_s3prl_upstreams
+    from usad_upstream.upstream.hubconf import check_upstream_name
 
     register_s3prl_upstreams()
     from s3prl import run_downstream
 
     sys.argv = [sys.argv[0], *_default_device(sys.argv[1:])]
     try:
+        for flag, value in zip(sys.argv, sys.argv[1:]):
+            if flag in ("-u", "--upstream"):
+                check_upstream_name(value)  # a typo: one line, not s3prl's traceback
         run_downstream.main()
     except UsadUpstreamError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import heareval_scores, s3prl_logs
-from .manifest import MANIFEST, file_hash, read_manifest, run_status
+from .manifest import MANIFEST, checkpoint_hash, read_manifest, run_status
 from .published import COLUMNS, MEASURED
 from .tasks import HEAR, SUPERB, SUPERB_TASKS, superb_task_for_expert
 
@@ -62,7 +62,7 @@ def _superb_rows(expdir: Path, runs_dir: Path) -> list[dict]:
         upstream = str(args.get("upstream", "") or "unknown")
         ckpt = args.get("upstream_ckpt")
         model = f"{upstream}:{Path(str(ckpt)).stem}" if ckpt else upstream
-        ckpt_hash = file_hash(ckpt) if ckpt and Path(str(ckpt)).is_file() else ""
+        ckpt_hash = checkpoint_hash(ckpt) if ckpt and Path(str(ckpt)).is_file() else ""
     if task not in SUPERB_TASKS:
         return []  # an s3prl experiment that is not a SUPERB task
     spec = SUPERB_TASKS[task]
@@ -139,13 +139,28 @@ def collect(runs_dir: "str | Path") -> pd.DataFrame:
         manifest = read_manifest(path.parent)
         if manifest and manifest.get("benchmark") == HEAR:
             rows += _hear_run_rows(path.parent, manifest, runs_dir, seen)
-    for path in sorted(p for p in runs_dir.rglob("*") if p.is_dir()):
+    for path in [runs_dir, *sorted(p for p in runs_dir.rglob("*") if p.is_dir())]:  # a run dir itself too
         if _is_s3prl_expdir(path):
             rows += _superb_rows(path, runs_dir)
-        elif path.resolve() not in seen and _is_hear_embeddings_dir(path):
+        elif path != runs_dir and path.resolve() not in seen and _is_hear_embeddings_dir(path):
             # heareval run by hand: embeddings/<module>/<task>; the module names the model.
             rows += _hear_rows(path, path.parent.name, "", "unknown",
                                path.parent.relative_to(runs_dir).as_posix(), "")
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["score"] = df["score"].astype(float)
     return df
+
+
+def score_table(measured: pd.DataFrame) -> str:
+    """One line per (benchmark, model, task): metric, dev and test scores, status; what `usad
+    superb run` and `usad hear run` print at the end, read the way the leaderboard reads it."""
+    if measured.empty:
+        return "(no scores)"
+    lines = []
+    for (benchmark, model, task), rows in measured.groupby(["benchmark", "model", "task"], sort=False):
+        scores = {split: float(rows.loc[rows["split"] == split, "score"].iloc[0]) if (rows["split"] == split).any()
+                  else float("nan") for split in ("dev", "test")}
+        status = ", ".join(sorted(set(rows["status"]) - {"done"})) or "done"
+        lines.append({"benchmark": benchmark, "model": model, "task": task, "metric": rows["metric"].iloc[0],
+                      **{split: "-" if math.isnan(v) else f"{v:.2f}" for split, v in scores.items()}, "status": status})
+    return pd.DataFrame(lines).to_string(index=False)

@@ -7,26 +7,52 @@ still going or that crashed.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import socket
 from pathlib import Path
 
+from usad_upstream.checkpoint import content_hash
+
 MANIFEST = "usad_run.json"
+
+# One model, one name across benchmarks: a HEAR module over USAD checkpoints is named like the
+# s3prl upstream that reads the same files, so `-u usad -k tiny.safetensors` (SUPERB) and
+# `--module hear_api --model tiny.safetensors` (HEAR) are both `usad-tiny`.
+MODEL_FAMILY = {"usad_local": "usad", "hear_api": "usad", "hear_api.teacher": "usad_teacher"}
 
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def file_hash(path: "str | Path", length: int = 12) -> str:
-    """Short sha256 of a checkpoint file: identifies the exact weights behind a number."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
+def checkpoint_hash(path: "str | Path | None") -> str:
+    """What identifies the weights behind a number: equal models give equal hashes ("" for none)."""
+    return content_hash(path) if path else ""
+
+
+def default_model_name(tool_name: str, checkpoint: "str | Path | None") -> str:
+    """`<family>-<checkpoint stem>` (or the family alone without a checkpoint), the same in every benchmark."""
+    family = MODEL_FAMILY.get(tool_name, tool_name)
+    return f"{family}-{Path(checkpoint).stem}" if checkpoint else family
+
+
+def refuse_other_run(run_dir: Path, manifest: dict, wanted: dict[str, object], checkpoint: "str | Path | None") -> None:
+    """A run directory holds one run: name every field in which `wanted` differs from what the
+    directory holds (checkpoints by content, wherever the file now lies), and the two ways out."""
+    differs = []
+    for key, value in wanted.items():
+        if manifest.get(key) == value:
+            continue
+        if key == "checkpoint_hash":
+            now_path = Path(checkpoint).resolve() if checkpoint else None
+            differs.append(f"the weights differ: checkpoint {manifest.get('checkpoint')} (hash {manifest.get(key)!r}) "
+                           f"there, {now_path} (hash {value!r}) now")
+        else:
+            differs.append(f"{key} {manifest.get(key)!r} there, {value!r} now")
+    if differs:
+        raise ValueError(f"{run_dir} holds another run ({'; '.join(differs)}): pass --name NEW to keep both, "
+                         f"or delete {run_dir} to replace it")
 
 
 def read_manifest(run_dir: "str | Path") -> "dict | None":

@@ -101,7 +101,7 @@ def test_distributed_sampler_wrapper_shards_the_draws() -> None:
 def _fake_stream(calls: list[list[str]], expdir_files: dict[str, str]):  # type: ignore[no-untyped-def]
     """Stands in for the s3prl subprocess: records the command, writes what s3prl would."""
 
-    def stream(cmd, log, env):  # type: ignore[no-untyped-def]
+    def stream(cmd, log, env, echo=False):  # type: ignore[no-untyped-def]
         calls.append(list(cmd))
         expdir = log.parent
         for name, text in expdir_files.items():
@@ -138,7 +138,7 @@ def test_stages_skip_resume_and_fall_back(tmp_path: Path, monkeypatch: pytest.Mo
     runner.run_superb(run)
     assert calls[0][calls[0].index("-e") + 1] == str(expdir)
     # The same run name with another upstream is refused.
-    with pytest.raises(ValueError, match="pick another --name"):
+    with pytest.raises(ValueError, match=r"upstream .fbank. there, .mfcc. now\): pass --name NEW"):
         runner.run_superb(runner.SuperbRun(task="KS", upstream="mfcc", data=data, runs_dir=tmp_path / "runs",
                                            name="fbank"))
 
@@ -149,20 +149,22 @@ def test_feature_cache_budget_reaches_the_s3prl_process(tmp_path: Path, monkeypa
     (data / "speech_commands_test_set_v0.01").mkdir()
     envs: list[dict[str, str]] = []
     monkeypatch.delenv("USAD_FEATURE_CACHE_MB", raising=False)
-    monkeypatch.setattr(runner, "_stream", lambda cmd, log, env: envs.append(env) or 1)
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # s3prl's runner would never stop: the child must not get it
+    monkeypatch.setattr(runner, "_stream", lambda cmd, log, env, echo=False: envs.append(env) or 1)
     for budget in (0.0, 64.0):
         run = runner.SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=tmp_path / f"runs{budget}",
                                feature_cache_mb=budget)
         with pytest.raises(runner.RecipeError):
             runner.run_superb(run)
     assert "USAD_FEATURE_CACHE_MB" not in envs[0] and envs[1]["USAD_FEATURE_CACHE_MB"] == "64.0"
+    assert not any("TQDM_DISABLE" in env for env in envs)
 
 
 def test_failed_stage_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"
     (data / "speech_commands_v0.01").mkdir(parents=True)
     (data / "speech_commands_test_set_v0.01").mkdir()
-    monkeypatch.setattr(runner, "_stream", lambda cmd, log, env: 1)
+    monkeypatch.setattr(runner, "_stream", lambda cmd, log, env, echo=False: 1)
     run = runner.SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=tmp_path / "runs")
     with pytest.raises(runner.RecipeError, match="train stage failed"):
         runner.run_superb(run)

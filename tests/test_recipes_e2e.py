@@ -1,11 +1,14 @@
 """End to end: one SUPERB task (KS) and one HEAR task, two upstreams each, through the recipes
-(s3prl's run_downstream, heareval's runners) into a rendered leaderboard."""
+(s3prl's run_downstream, heareval's runners) into a rendered leaderboard; the `usad` commands
+print a few lines and a score table (the tools' output is in the run's logs), and one checkpoint
+is one model in both benchmarks."""
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from downstream_recipes.hear.runner import HearRun, run_hear
+from downstream_recipes.cli import main
+from downstream_recipes.hear.runner import LOG, HearRun, run_hear
 from downstream_recipes.superb.runner import SuperbRun, run_superb
 from results.collect import collect
 from results.published import load_published
@@ -108,33 +112,46 @@ BANDS_MODULE = textwrap.dedent('''
 
 
 @pytest.mark.timeout(600)
-def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Path,
+def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Path, capfd: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_speech_commands(tmp_path / "ks")
     runs = tmp_path / "runs"
-    for upstream, ckpt in (("usad", tiny_checkpoint), ("fbank", None)):
-        run = SuperbRun(task="KS", upstream=upstream, upstream_ckpt=ckpt, data=data, runs_dir=runs, steps=2,
-                        workers=0, override="config.downstream_expert.datarc.batch_size=4")
-        expdir = run_superb(run)
-        assert (expdir / "usad_test.log").read_text().count("test acc:") == 1
+    assert main(["superb", "run", "--task", "KS", "-u", "usad", "-k", str(tiny_checkpoint), "--data", str(data),
+                 "--runs-dir", str(runs), "--steps", "2", "--workers", "0",
+                 "-o", "config.downstream_expert.datarc.batch_size=4"]) == 0
+    printed = capfd.readouterr().out
+    assert len(printed.splitlines()) <= 6, printed  # stage lines, done, the table; s3prl's output is in the logs
+    assert re.search(r"SUPERB\s+usad-tiny\s+KS\s+acc\s+[\d.]+\s+[\d.]+\s+done", printed), printed
+    expdir = runs / "superb" / "KS" / "usad-tiny"
+    assert "overall" in (expdir / "usad_train.log").read_text()
+    assert (expdir / "usad_test.log").read_text().count("test acc:") == 1
+    run_superb(SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=runs, steps=2, workers=0,
+                         override="config.downstream_expert.datarc.batch_size=4"))
 
     make_hear_task(tmp_path / "tasks")
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "bands_module.py").write_text(BANDS_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    run_hear(HearRun(module="hear_api", model=tiny_checkpoint, tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster"))
+    capfd.readouterr()
+    assert main(["hear", "run", "--module", "hear_api", "--model", str(tiny_checkpoint), "--tasks-dir", str(tmp_path / "tasks"),
+                 "--runs-dir", str(runs), "--grid", "faster"]) == 0
+    printed = capfd.readouterr().out
+    assert len(printed.splitlines()) <= 6, printed
+    assert re.search(r"HEAR\s+usad-tiny\s+tones-v1-full\s+top1_acc\s+[\d.]+\s+[\d.]+\s+done", printed), printed
+    assert "Getting embeddings for split: test" in (runs / "hear" / "usad-tiny" / LOG).read_text()
     run_hear(HearRun(module="bands_module", tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster"))
 
     measured = collect(runs)
     test = measured[measured["split"] == "test"].set_index(["benchmark", "model"])["score"]
-    assert set(test.index) == {("SUPERB", "usad-tiny"), ("SUPERB", "fbank"), ("HEAR", "hear_api-tiny"),
+    assert set(test.index) == {("SUPERB", "usad-tiny"), ("SUPERB", "fbank"), ("HEAR", "usad-tiny"),
                                ("HEAR", "bands_module")}
     assert test.notna().all() and ((test >= 0) & (test <= 100)).all()
+    usad_rows = measured[measured["model"] == "usad-tiny"]
+    assert usad_rows["checkpoint_hash"].nunique() == 1  # one checkpoint, one model in both benchmarks
     paths = render(measured, load_published(), tmp_path / "board")
     table = pd.read_csv(paths["csv"])
     assert (table["source"] == "measured here").sum() == len(measured)
     md = paths["md"].read_text()
-    for model in ("usad-tiny", "fbank", "hear_api-tiny", "bands_module", "USAD Base"):
+    for model in ("usad-tiny", "fbank", "bands_module", "USAD Base"):
         assert model in md
     assert paths["png"].stat().st_size > 1000

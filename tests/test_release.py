@@ -280,7 +280,7 @@ def test_superb_and_hear_runs_take_a_snapshot(tmp_path: Path, standin_v1: Path, 
     (data / "speech_commands_v0.01").mkdir(parents=True)
     (data / "speech_commands_test_set_v0.01").mkdir()
     calls: list[tuple[list[str], dict]] = []
-    monkeypatch.setattr(runner, "_stream", lambda cmd, log, env: calls.append((cmd, env)) or 1)
+    monkeypatch.setattr(runner, "_stream", lambda cmd, log, env, echo=False: calls.append((cmd, env)) or 1)
     run = runner.SuperbRun(task="KS", upstream="usad", data=data, runs_dir=tmp_path / "runs",
                            upstream_ckpt=standin_v1, trust_remote_code=True)
     with pytest.raises(runner.RecipeError):  # the fake s3prl fails; the command and manifest are what we check
@@ -294,9 +294,10 @@ def test_superb_and_hear_runs_take_a_snapshot(tmp_path: Path, standin_v1: Path, 
     monkeypatch.setattr("usad_upstream.hear.run_embeddings_runner", lambda args: seen.append(args) or 1)
     (tmp_path / "tasks" / "t").mkdir(parents=True)
     (tmp_path / "tasks" / "t" / "task_metadata.json").write_text("{}")
-    with pytest.raises(hear_runner.HearRunError):
+    monkeypatch.setenv(TRUST_ENV, "0")  # restored afterwards: the runner sets it for heareval's in-process runner
+    with pytest.raises(hear_runner.HearRunError):  # the release is loaded once before heareval: it needs the opt-in
         hear_runner.run_hear(hear_runner.HearRun(module="hear_api", tasks_dir=tmp_path / "tasks", model=standin_v1,
-                                                 runs_dir=tmp_path / "runs"))
+                                                 runs_dir=tmp_path / "runs", trust_remote_code=True))
     assert seen[0][seen[0].index("--model") + 1] == str(standin_v1.resolve())
 
 

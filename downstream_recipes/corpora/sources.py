@@ -2,6 +2,8 @@
 and inventories of the real recordings those packages ship (with their licences)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -13,7 +15,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,22 +71,69 @@ def missing_packages(names: tuple[str, ...]) -> list[str]:
     return missing
 
 
-def ensure_packages(names: tuple[str, ...], install: bool = True) -> float:
+APT_LOCK = Path("/var/lock/usad-apt.lock")  # USAD_APT_LOCK overrides it
+APT_LOCK_TIMEOUT = 1800.0  # seconds to wait for another build's install (the full set takes minutes)
+
+
+@contextlib.contextmanager
+def apt_lock(timeout: float = APT_LOCK_TIMEOUT) -> Iterator[None]:
+    """Exclusive right to run apt-get among usad processes: two corpora builds started at once
+    (the demo's corpora and pool stages) would otherwise both run apt and one die on apt's own
+    lock. Waits up to `timeout` s, then names the holder. An flock, so a killed holder frees it."""
+    path = Path(os.environ.get("USAD_APT_LOCK", APT_LOCK))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline, said = time.monotonic() + timeout, False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                if time.monotonic() >= deadline:
+                    raise ValueError(
+                        f"waited {timeout:.0f} s for {path}, held by process {holder} (another `usad corpora build` "
+                        f"installing Debian packages): let it finish or stop it, then run this again"
+                    ) from None
+                if not said:
+                    log.info("waiting for %s: process %s is installing Debian packages", path, holder)
+                    said = True
+                time.sleep(0.5)
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_packages(names: tuple[str, ...], install: bool = True, lock_timeout: float = APT_LOCK_TIMEOUT) -> float:
     """Install what is missing when root (and `install`); otherwise raise with the exact apt
-    command. Returns the seconds spent installing."""
+    command. Returns the seconds spent waiting and installing.
+
+    apt runs under `apt_lock`, and what is missing is decided again once the lock is held, so a
+    build that waited for another one's install finds the packages there and runs no apt at all.
+    """
     missing = missing_packages(names)
     if not missing:
         return 0.0
     command = "apt-get update && apt-get install -y --no-install-recommends " + " ".join(missing)
     if os.geteuid() != 0 or not install:
         raise ValueError(f"missing Debian packages {missing}; run as root: sudo sh -c '{command}'")
-    log.info("installing %s", " ".join(missing))
     start = time.time()
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *missing]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise ValueError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
+    with apt_lock(lock_timeout):
+        missing = missing_packages(names)
+        if missing:
+            log.info("installing %s", " ".join(missing))
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            wait = ["-o", f"DPkg::Lock::Timeout={int(lock_timeout)}"]  # apt also waits for non-usad apt/dpkg runs
+            for cmd in (["apt-get", *wait, "update"], ["apt-get", *wait, "install", "-y", "--no-install-recommends", *missing]):
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    raise ValueError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
     return time.time() - start
 
 

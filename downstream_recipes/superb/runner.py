@@ -6,10 +6,15 @@ Run directory: <runs>/superb/<TASK>/<name>/ is s3prl's experiment directory, plu
   usad_test.log   the evaluation of the selected checkpoint(s) on the test split
 Stages that are done are skipped on rerun; an interrupted training resumes from s3prl's newest
 states-*.ckpt (`-e`). Any upstream s3prl knows works (usad -k CKPT, fbank, wavlm_local -k ...).
+The upstream name and checkpoint are checked before anything starts or is written, so a typo
+costs one line and leaves no run directory. s3prl's output goes to the logs; `verbose` also
+streams it.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from results import s3prl_logs
-from results.manifest import file_hash, now, owner, read_manifest, write_manifest
+from results.manifest import checkpoint_hash, default_model_name, now, owner, read_manifest, refuse_other_run, write_manifest
 from results.tasks import SUPERB, SUPERB_TASKS
 
 from .recipes import Recipe, format_overrides, get_recipe, step_overrides, unknown_config_keys
@@ -46,6 +51,7 @@ class SuperbRun:
     override: "str | None" = None  # extra s3prl -o text, appended last
     feature_cache_mb: float = 0.0  # usad/usad_teacher upstreams: per-file feature cache budget
     trust_remote_code: bool = False  # usad upstream on a release snapshot: let its own code run
+    verbose: bool = False  # stream s3prl's output too (it always goes to the stage logs)
     python: str = sys.executable
 
     @property
@@ -54,9 +60,7 @@ class SuperbRun:
 
     @property
     def model_name(self) -> str:
-        if self.name:
-            return self.name
-        return f"{self.upstream}-{self.upstream_ckpt.stem}" if self.upstream_ckpt else self.upstream
+        return self.name or default_model_name(self.upstream, self.upstream_ckpt)
 
     @property
     def expdir(self) -> Path:
@@ -67,8 +71,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _stream(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
-    """Run cmd, copying its stdout+stderr both to our stdout and to `log` (appended).
+def _stream(cmd: Sequence[str], log: Path, env: dict[str, str], echo: bool = False) -> int:
+    """Run cmd, its stdout+stderr appended to `log`, and copied to our stdout when `echo`
+    (otherwise only s3prl's overall progress bar is shown, on a terminal).
 
     SIGTERM is turned into KeyboardInterrupt meanwhile, so a killed recipe takes its s3prl child
     down with it and records the stage as interrupted instead of leaving an orphan training.
@@ -76,13 +81,17 @@ def _stream(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
     main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
     try:
-        return _stream_to(cmd, log, env)
+        return _stream_to(cmd, log, env, echo)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def _stream_to(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
+_PROGRESS = re.compile(rb"overall:[^\r\n]*")  # s3prl's tqdm bar over the training steps
+
+
+def _stream_to(cmd: Sequence[str], log: Path, env: dict[str, str], echo: bool) -> int:
+    progress = not echo and sys.stderr.isatty()
     with log.open("ab") as sink:
         sink.write(f"\n=== {now()} $ {' '.join(cmd)}\n".encode())
         sink.flush()
@@ -95,13 +104,26 @@ def _stream_to(cmd: Sequence[str], log: Path, env: dict[str, str]) -> int:
                     break
                 sink.write(chunk)
                 sink.flush()
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+                if echo:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                elif progress and (bars := _PROGRESS.findall(chunk)):
+                    sys.stderr.write("\r" + bars[-1].decode(errors="replace").rstrip()[:120])
+                    sys.stderr.flush()
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            if progress:
+                sys.stderr.write("\n")
         return proc.wait()
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    """The last non-empty lines of a stage log: where s3prl's error is."""
+    text = log.read_text(errors="replace").replace("\r", "\n") if log.is_file() else ""
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
 class _Stages:
@@ -122,29 +144,24 @@ class _Stages:
 
 
 def _checkpoint(run: SuperbRun) -> tuple["str | None", str]:
-    """(-k for s3prl, its hash): the usad upstreams take any form the library resolves (a file,
-    a release snapshot, a hub id: hashed over config.json + weights); other upstreams a file."""
+    """(-k for s3prl, its content hash): the usad upstreams take any form the library resolves (a
+    file, a release snapshot, a hub id: hashed over config.json + weights); other upstreams a file."""
     if run.upstream_ckpt is None:
         return None, ""
     if run.upstream in ("usad", "usad_local"):
         from usad_upstream.release import resolve_checkpoint
 
         resolved = resolve_checkpoint(run.upstream_ckpt)
-        return str(resolved.path.resolve()), "+".join(file_hash(p) for p in resolved.hash_files)
+        return str(resolved.path.resolve()), "+".join(checkpoint_hash(p) for p in resolved.hash_files)
     if not Path(run.upstream_ckpt).is_file():
         raise ValueError(f"upstream checkpoint not found: {run.upstream_ckpt}")
-    return str(Path(run.upstream_ckpt).resolve()), file_hash(run.upstream_ckpt)
+    return str(Path(run.upstream_ckpt).resolve()), checkpoint_hash(run.upstream_ckpt)
 
 
 def _open_manifest(run: SuperbRun, ckpt: "str | None", ckpt_hash: str) -> dict:
     old = read_manifest(run.expdir)
     if old is not None:
-        same = (old.get("upstream"), old.get("checkpoint_hash")) == (run.upstream, ckpt_hash)
-        if not same:
-            raise ValueError(
-                f"{run.expdir} holds a run of upstream {old.get('upstream')!r} (checkpoint {old.get('checkpoint_hash')!r}), "
-                f"not {run.upstream!r} ({ckpt_hash!r}); pick another --name"
-            )
+        refuse_other_run(run.expdir, old, {"upstream": run.upstream, "checkpoint_hash": ckpt_hash}, run.upstream_ckpt)
         return old
     return {
         "benchmark": SUPERB, "task": run.recipe.task, "model": run.model_name, "upstream": run.upstream,
@@ -152,6 +169,17 @@ def _open_manifest(run: SuperbRun, ckpt: "str | None", ckpt_hash: str) -> dict:
         "data": str(Path(run.data).resolve()), "config": str(run.recipe.config), "steps": run.steps,
         "created": now(), "stages": {s: {"status": "pending"} for s in STAGES},
     }
+
+
+def load_upstream_once(upstream: str, ckpt: "str | None", trust_remote_code: bool = False) -> None:
+    """Build the project's upstreams (usad, usad_local, usad_teacher) from their checkpoint or
+    spec once, so a wrong file fails in one line before s3prl starts (and not after its imports)."""
+    from usad_upstream.upstream.hubconf import ENTRIES
+
+    if upstream not in ENTRIES:
+        return
+    options = {"trust_remote_code": True} if trust_remote_code and upstream != "usad_teacher" else {}
+    ENTRIES[upstream](ckpt=ckpt, **options)  # raises UsadUpstreamError (a ValueError) naming the problem
 
 
 def _overrides(run: SuperbRun, data_values: dict[str, object]) -> str:
@@ -187,12 +215,23 @@ def run_superb(run: SuperbRun) -> Path:
     data = Path(run.data)
     if not data.is_dir():
         raise ValueError(f"--data {data}: not a directory")
+    from usad_upstream.upstream.hubconf import check_upstream_name  # imports s3prl
+
+    check_upstream_name(run.upstream)  # a typo: one line naming the close names
     ckpt, ckpt_hash = _checkpoint(run)
+    load_upstream_once(run.upstream, ckpt, run.trust_remote_code)
     expdir = run.expdir
-    stages = _Stages(run, _open_manifest(run, ckpt, ckpt_hash))
-    overrides = _overrides(run, recipe.data(data.resolve(), expdir))  # checks the data layout first
+    created = next((p for p in reversed([expdir, *expdir.parents]) if not p.exists()), None)  # top new folder
+    try:
+        stages = _Stages(run, _open_manifest(run, ckpt, ckpt_hash))
+        overrides = _overrides(run, recipe.data(data.resolve(), expdir))  # checks the data layout first
+    except BaseException:
+        if created is not None:  # bad input leaves no run directory behind (PR's data step writes into it)
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     expdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    env.pop("TQDM_DISABLE", None)  # s3prl counts its training steps on a tqdm bar: disabled, it never stops
     if recipe.task == "SID":
         env[CACHE_ENV] = str(expdir / "s3prl_cache")
     if run.trust_remote_code:
@@ -209,15 +248,20 @@ def run_superb(run: SuperbRun) -> Path:
 
     def stage(name: str, cmds: list[list[str]], log: Path) -> None:
         stages.set(name, "running")
+        if not run.verbose:
+            print(f"SUPERB {recipe.task} {run.model_name}: {name} (log: {log})", flush=True)
         for cmd in cmds:
             try:
-                rc = _stream(cmd, log, env)
+                rc = _stream(cmd, log, env, run.verbose)
             except KeyboardInterrupt:
                 stages.set(name, "interrupted")
                 raise
             if rc != 0:
                 stages.set(name, "failed", error=f"exit status {rc}; see {log}")
-                raise RecipeError(f"SUPERB {recipe.task} {name} stage failed (exit status {rc}); see {log}")
+                if not run.verbose:
+                    print(f"--- last lines of {log}:\n{_tail(log)}\n---", file=sys.stderr, flush=True)
+                raise RecipeError(f"SUPERB {recipe.task} {name} stage failed (exit status {rc}); see {log}; "
+                                  f"fix it and run the same command again (finished stages are kept)")
 
     if stages.status("train") != "done":
         if any(expdir.glob("states-*.ckpt")):

@@ -783,9 +783,13 @@ class DistillData:
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         while True:
             if self.steps_in_epoch(self.epoch) == 0:
+                too_short, files = self.planner.skipped["too_short"], len(self.planner.entries.num_samples)
+                lever = (f"{too_short} of the {files} manifest files are shorter than data.min_seconds = "
+                         f"{self.planner.config.min_seconds} s and were skipped: lower data.min_seconds (e.g. "
+                         f"data.min_seconds=0.5) or add longer files" if too_short else "add data or lower batch_seconds")
                 raise ValueError(
                     f"one epoch gives {len(self._epoch_plan(self.epoch))} micro-batches, fewer than the "
-                    f"{self.group} (world_size x grad_accum) that one step needs: add data or lower batch_seconds"
+                    f"{self.group} (world_size x grad_accum) that one step needs: {lever}"
                 )
             if self.step >= self.steps_in_epoch(self.epoch):
                 self.epoch, self.step = self.epoch + 1, 0

@@ -5,6 +5,8 @@ table that run_downstream's Runner, `hub.options()` and `s3prl.nn.S3PRLUpstream`
 """
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from typing import Callable
 
@@ -45,3 +47,21 @@ def register_s3prl_upstreams() -> list[str]:
     for name, entry in ENTRIES.items():
         setattr(hub, name, entry)
     return sorted(ENTRIES)
+
+
+def check_upstream_name(name: str) -> None:
+    """Refuse a name s3prl.hub does not have (e.g. the typo `usadd`) in one line naming the
+    closest names, before s3prl's runner fails on it with a traceback."""
+    if name in ENTRIES:
+        return
+    # s3prl.hub warns "ESPnet is not installed" on import, which is no news when checking a name.
+    logging.getLogger("s3prl.upstream.espnet_hubert.expert").setLevel(logging.ERROR)
+    register_s3prl_upstreams()
+    import s3prl.hub as hub
+
+    names = hub.options()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                "list them with `python -c 'import s3prl.hub; print(s3prl.hub.options())'`")
+        raise UsadUpstreamError(f"unknown s3prl upstream {name!r} ({len(names)} names in s3prl.hub); {hint}")
