@@ -37,7 +37,8 @@ def test_step_overrides_keep_two_dev_evaluations() -> None:
     with pytest.raises(ValueError, match="--steps"):
         recipes.step_overrides(ks, 0)
     with pytest.raises(ValueError, match="unknown SUPERB task"):
-        recipes.get_recipe("qbe")
+        recipes.get_recipe("asr2")
+    assert recipes.get_recipe("qbe").task == "QbE" and recipes.step_overrides(recipes.get_recipe("QBE"), 30) == {}
 
 
 def test_every_recipe_config_parses_and_names_its_data_keys() -> None:
@@ -45,7 +46,7 @@ def test_every_recipe_config_parses_and_names_its_data_keys() -> None:
 
     for recipe in recipes.RECIPES.values():
         config = yaml.safe_load(recipe.config.read_text())
-        assert config["runner"]["total_steps"] >= 30000, recipe.task
+        assert not recipe.trains or config["runner"]["total_steps"] >= 30000, recipe.task
         node = config
         for part in recipe.workers_key.split(".")[1:]:
             node = node[part]

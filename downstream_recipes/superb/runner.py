@@ -179,7 +179,7 @@ def run_superb(run: SuperbRun) -> Path:
     overrides = _overrides(run, recipe.data(data.resolve(), expdir))  # checks the data layout first
     expdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    if recipe.task == "SID":
+    if recipe.task in ("SID", "ASV"):
         env[CACHE_ENV] = str(expdir / "s3prl_cache")
     if run.feature_cache_mb:
         from usad_upstream.upstream.cache import FEATURE_CACHE_ENV  # imports s3prl: only when asked
@@ -198,8 +198,18 @@ def run_superb(run: SuperbRun) -> Path:
                 stages.set(name, "interrupted")
                 raise
             if rc != 0:
-                stages.set(name, "failed", error=f"exit status {rc}; see {log}")
-                raise RecipeError(f"SUPERB {recipe.task} {name} stage failed (exit status {rc}); see {log}")
+                cause = s3prl_logs.failure_line(log)
+                stages.set(name, "failed", error=f"exit status {rc}: {cause}; see {log}")
+                raise RecipeError(f"SUPERB {recipe.task} {name} stage failed (exit status {rc}): {cause}; full log: {log}")
+
+    if not recipe.trains:  # QbE: DTW per layer on dev, the best layer on eval (qbe.py)
+        from .qbe import run_qbe
+
+        base = [*entry, "-m", "evaluate", "-u", run.upstream, "-d", recipe.expert, "-c", str(recipe.config),
+                "-p", str(expdir), "-o", overrides, *device]
+        run_qbe(run, stages, stage, base + (["-k", str(Path(run.upstream_ckpt).resolve())] if run.upstream_ckpt else []),
+                env, train_log, test_log)
+        return expdir
 
     if stages.status("train") != "done":
         if any(expdir.glob("states-*.ckpt")):
