@@ -21,7 +21,7 @@ import numpy as np
 
 from . import audio, expressive, sources
 from .common import Size, fmt_hours, pmap, table, write_datasheet
-from .voxceleb import real_speakers
+from .voxceleb import real_speakers_interleaved
 
 SESSIONS = 5
 EMOTIONS = ("neu", "hap", "ang", "sad")
@@ -37,7 +37,7 @@ def _speakers(size: Size, seed: int) -> list[dict[str, tuple[str, "sources.Voice
     voices = sources.voice_pool(seed + 9)
     female = [v for v in voices if v.gender == "F"]
     male = [v for v in voices if v.gender == "M"]
-    reals = list(real_speakers().items())[: size.er_real]
+    reals = real_speakers_interleaved()[: size.er_real]
     sessions = []
     for s in range(SESSIONS):
         slots: dict[str, tuple[str, "sources.Voice | list[Path]"]] = {"F": (female[s].name, female[s]), "M": (male[s].name, male[s])}

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import audio, sources
 from .common import Size, fmt_hours, pmap, table, write_datasheet
-from .voxceleb import real_speakers
+from .voxceleb import real_speakers_interleaved
 
 TEST_FIRST_ID = 10270
 SESSIONS = 2  # recording sessions per speaker; trials pair utterances across them
@@ -53,7 +53,7 @@ def build(root: Path, size: Size, seed: int) -> None:
     rng = random.Random(f"voxceleb-sv-{seed}")
     sentences = sorted(set(sources.tuxpaint_sentences().values()))
     n_train, n_test = size.asv_speakers
-    reals = interleaved(real_speakers())
+    reals = real_speakers_interleaved()
     n_real_test = min(len(reals), max(1, (3 * n_test + 3) // 4))
     test = reals[:n_real_test]
     synth = sources.voice_pool(seed + 7)
@@ -102,20 +102,6 @@ def build(root: Path, size: Size, seed: int) -> None:
     _datasheet(root, speakers, jobs, wavs, trials)
 
 
-def interleaved(reals: dict[str, list[Path]]) -> list[tuple[str, list[Path]]]:
-    """Real speakers taking turns by source (asterisk, Tux Paint, Hedgewars), so a few test
-    speakers already span the recording conditions."""
-    families: dict[str, list[tuple[str, list[Path]]]] = {}
-    for name, files in reals.items():
-        families.setdefault(name.split("-")[0], []).append((name, files))
-    out = []
-    while any(families.values()):
-        for family in sorted(families):
-            if families[family]:
-                out.append(families[family].pop(0))
-    return out
-
-
 def _trials(by_speaker: dict[str, list[tuple[str, str]]], rng: random.Random) -> list[tuple[int, str, str]]:
     """Per test utterance: TRIALS_PER_UTT target trials (same speaker, other session first) and as
     many non-target trials (another test speaker); each unordered pair once."""
@@ -151,10 +137,10 @@ def _datasheet(root: Path, speakers: list, jobs: list, wavs: list, trials: list)
         "How it was made": (
             "Real speakers' utterances join three of their own recordings (asterisk prompts, Tux Paint "
             "descriptions in that reader's language, Hedgewars phrases), each file used once; synthetic "
-            "speakers read three Tux Paint sentences. Every utterance has at least "
-            f"{MIN_VOICED_S} s left after s3prl's own VAD chain (sox channels/rate/gain/silence, as emulated by "
-            "usad_upstream.compat), more pieces are added until it has: s3prl drops training utterances under "
-            f"2 s. Utterances alternate between {SESSIONS} sessions per speaker (11-character ids)."
+            f"speakers read three Tux Paint sentences. Up to {RESERVE} more pieces are added while s3prl's own VAD "
+            f"chain (sox channels/rate/gain/silence, as emulated by usad_upstream.compat) leaves under {MIN_VOICED_S} s "
+            f"of an utterance: s3prl drops training utterances under 2 s. Utterances alternate between {SESSIONS} "
+            "sessions per speaker (11-character ids)."
         ),
         "Splits": "Test speakers (ids from id10270, as VoxCeleb1's test set) never occur in dev/wav. Trials: for each "
         f"test utterance {TRIALS_PER_UTT} target trials (same speaker, the other session first) and "

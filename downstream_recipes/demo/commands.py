@@ -10,8 +10,9 @@ def _run(args: argparse.Namespace) -> int:
 
     suffix = "-quick" if args.quick else ""
     run_dir = Path(args.run_dir or f"runs/demo{suffix}")
-    results = Path(args.results or (run_dir / "leaderboard" if args.quick else "results/demo"))
-    paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs)()
+    tag = "" if args.suite == "demo" else f"-{args.suite}"  # a full suite never overwrites make demo's board
+    results = Path(args.results or (run_dir / f"leaderboard{tag}" if args.quick else f"results/demo{tag}"))
+    paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs, suite=args.suite)()
     print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -42,6 +43,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--force", action="store_true", help="delete the run directory first and rebuild everything")
     p.add_argument("--run-dir", help="work directory (default: runs/demo, or runs/demo-quick)")
     p.add_argument("--results", help="leaderboard directory (default: results/demo; with --quick, RUN_DIR/leaderboard)")
+    p.add_argument("--suite", choices=["demo", "full"], default="demo",
+                   help="demo: PR/KS/SID/IC + HEAR (make demo); full: also ER, ASR, SD, SF, ASV, QbE for the same models "
+                        "(leaderboard in results/demo-full)")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one CPU thread each (default 2; 1: one at a time, all threads)")
     p.set_defaults(func=_run)
     p = inner.add_parser("teacher", help="train one small domain teacher on training splits (a demo stage)")
