@@ -185,9 +185,13 @@ def _voxceleb_sv(root: Path) -> str:
     test_ids = {p.name for p in (root / "test" / "wav").iterdir()}
     if dev_ids & test_ids:
         raise ValueError(f"{root}: speakers {sorted(dev_ids & test_ids)} are in both dev and test")
+    original = sv.__file__
     with tempfile.TemporaryDirectory() as cache:
         redirect_caches(cache)  # s3prl caches trimmed lengths inside its package otherwise
-        train = sv.SpeakerVerifi_train({"min_sec": 32000}, ["Voxceleb1"], [root / "dev" / "wav"], None, 128000, n_jobs=1)
+        try:
+            train = sv.SpeakerVerifi_train({"min_sec": 32000}, ["Voxceleb1"], [root / "dev" / "wav"], None, 128000, n_jobs=1)
+        finally:
+            sv.__file__ = original
     n_files = len(list((root / "dev" / "wav").rglob("*.wav")))
     if len(train) != n_files or train.speaker_num != len(dev_ids):
         raise ValueError(f"{root}: s3prl keeps {len(train)} of {n_files} training utterances (under 2 s after its VAD)")

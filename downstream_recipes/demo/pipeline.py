@@ -121,16 +121,17 @@ SUPERB_DATA = {"PR": "LibriSpeech", "KS": "speech_commands", "SID": "VoxCeleb1",
 # Evaluation suites: "demo" is `make demo`; "full" (`usad demo run --suite full`) also probes the
 # same five models on the other six SUPERB tasks, from extra corpora stages built into the same
 # folder. Per task: (steps, QUICK steps, s3prl -o overrides on top of the demo's lr and
-# accumulation). CPU budgets, fixed before these tasks ever ran on the demo's models: ASR and SF
-# get a 2 x 256 BLSTM head and batch 8 (SUPERB: 2 x 1024, batch 32; one SUPERB step costs tens
-# of CPU-seconds), ASV batch 32 (SUPERB: 256). QbE trains nothing.
+# accumulation). CPU budgets, fixed before these tasks ever ran on the demo's models, from
+# their cost per step with a tiny USAD on the mini corpora: ASR and SF get a 2 x 256 BLSTM head
+# and batch 8 (SUPERB: 2 x 1024, batch 32, tens of CPU-seconds a step; this: about 3), ASV batch
+# 16 (SUPERB: 256; batch 32 cost about 10 CPU-seconds a step). QbE trains nothing.
 _SMALL_RNN = "config.downstream_expert.{m}.project_dim=256,,config.downstream_expert.{m}.RNNs.dim=[256,256]"
 SUITES: dict[str, dict[str, tuple[int, int, tuple[str, ...]]]] = {
     "demo": {},
     "full": {
-        "ASR": (150, 10, (_SMALL_RNN.format(m="modelrc"), "config.downstream_expert.datarc.train_batch_size=8")),
-        "SF": (150, 10, (_SMALL_RNN.format(m="model"), "config.downstream_expert.corpus.batch_size=8")),
-        "ASV": (60, 4, ("config.downstream_expert.datarc.train_batch_size=32",)),
+        "ASR": (100, 10, (_SMALL_RNN.format(m="modelrc"), "config.downstream_expert.datarc.train_batch_size=8")),
+        "SF": (100, 10, (_SMALL_RNN.format(m="model"), "config.downstream_expert.corpus.batch_size=8")),
+        "ASV": (40, 4, ("config.downstream_expert.datarc.train_batch_size=16",)),
         "SD": (300, 10, ()),
         "ER": (600, 20, ()),
         "QbE": (0, 0, ()),

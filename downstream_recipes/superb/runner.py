@@ -205,10 +205,10 @@ def run_superb(run: SuperbRun) -> Path:
     if not recipe.trains:  # QbE: DTW per layer on dev, the best layer on eval (qbe.py)
         from .qbe import run_qbe
 
-        base = [*entry, "-m", "evaluate", "-u", run.upstream, "-d", recipe.expert, "-c", str(recipe.config),
+        ckpt = ["-k", str(Path(run.upstream_ckpt).resolve())] if run.upstream_ckpt else []
+        base = [*entry, "-m", "evaluate", "-u", run.upstream, *ckpt, "-d", recipe.expert, "-c", str(recipe.config),
                 "-p", str(expdir), "-o", overrides, *device]
-        run_qbe(run, stages, stage, base + (["-k", str(Path(run.upstream_ckpt).resolve())] if run.upstream_ckpt else []),
-                env, train_log, test_log)
+        run_qbe(run, stages, stage, base, env, train_log, test_log)
         return expdir
 
     if stages.status("train") != "done":
