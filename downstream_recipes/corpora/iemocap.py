@@ -37,7 +37,8 @@ def _speakers(size: Size, seed: int) -> list[dict[str, tuple[str, "sources.Voice
     voices = sources.voice_pool(seed + 9)
     female = [v for v in voices if v.gender == "F"]
     male = [v for v in voices if v.gender == "M"]
-    reals = real_speakers_interleaved()[: size.er_real]
+    need = len(EMOTIONS) * size.er_utts * 2  # two prompts per utterance, each used once
+    reals = [r for r in real_speakers_interleaved() if len(r[1]) >= need][: size.er_real]
     sessions = []
     for s in range(SESSIONS):
         slots: dict[str, tuple[str, "sources.Voice | list[Path]"]] = {"F": (female[s].name, female[s]), "M": (male[s].name, male[s])}

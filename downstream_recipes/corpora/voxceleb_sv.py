@@ -53,7 +53,8 @@ def build(root: Path, size: Size, seed: int) -> None:
     rng = random.Random(f"voxceleb-sv-{seed}")
     sentences = sorted(set(sources.tuxpaint_sentences().values()))
     n_train, n_test = size.asv_speakers
-    reals = real_speakers_interleaved()
+    need = size.asv_utts * (3 + RESERVE)  # each recording used once
+    reals = [r for r in real_speakers_interleaved() if len(r[1]) >= need]
     n_real_test = min(len(reals), max(1, (3 * n_test + 3) // 4))
     test = reals[:n_real_test]
     synth = sources.voice_pool(seed + 7)
@@ -71,8 +72,8 @@ def build(root: Path, size: Size, seed: int) -> None:
     for which, sid, name, src in speakers:
         files = rng.sample(list(src), len(src)) if isinstance(src, list) else []
         for u in range(size.asv_utts):
-            if files:
-                pieces = [files.pop() for _ in range(min(3 + RESERVE, len(files)))]
+            if isinstance(src, list):
+                pieces = [files.pop() for _ in range(3 + RESERVE)]
             else:
                 pieces = rng.sample(sentences, 3 + RESERVE)
             jobs.append((which, sid, _session(sid, u % SESSIONS), u, src, pieces))
