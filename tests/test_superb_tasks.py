@@ -218,3 +218,22 @@ def test_every_new_task_end_to_end_into_the_leaderboard(corpora: Path, tmp_path:
     assert 0 <= scores["ER:acc"] <= 100 and 0 <= scores["ASV:eer"] <= 100 and -1e6 < scores["QbE:mtwv"] <= 1.0
     md = render(measured, load_published(), tmp_path / "board")["md"].read_text()
     assert "(6 tasks)" in md  # the SUPERB score covers the tasks present
+
+
+def test_snips_plan_never_shares_a_sentence_between_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from downstream_recipes.corpora import snips
+
+    # three possible sentences only: the valid and test voices must avoid what train said
+    monkeypatch.setattr(snips, "TEMPLATES", (("PlayMusic", "play {genre}"),))
+    monkeypatch.setattr(snips, "VALUES", {"genre": ("jazz", "blues", "soul")})
+    voice = sources.voice_pool(0)[0]
+    cast = {"Ivy": ("train", voice), "Aditi": ("valid", voice), "Brian": ("test", voice)}
+    jobs = snips.plan(cast, 2, random.Random(0))
+    by_split: dict[str, set[str]] = defaultdict(set)
+    for _, split, _, words, tags, intent in jobs:
+        by_split[split].add(" ".join(words))
+        assert tags == ["O", "genre"] and intent == "PlayMusic"
+    assert not by_split["train"] & by_split["valid"] and not by_split["train"] & by_split["test"]
+    assert not by_split["valid"] & by_split["test"] and by_split["train"]

@@ -101,6 +101,25 @@ def fill(template: str, rng: random.Random) -> tuple[list[str], list[str]]:
     return words, tags
 
 
+def plan(cast: "dict[str, tuple[str, sources.Voice]]", n_utts: int, rng: random.Random) -> list[tuple]:
+    """(utt id, split, voice, words, tags, intent) for every voice; a sentence used in one split
+    is never drawn for another (a voice gets fewer utterances when the templates run out)."""
+    seen: dict[str, str] = {}  # sentence -> split
+    jobs = []
+    for k, (name, (split, voice)) in enumerate(cast.items()):
+        made, tries = 0, 0
+        while made < n_utts and tries < 50 * n_utts:
+            tries += 1
+            # training voices cycle through the templates, the others draw them at random
+            intent, template = TEMPLATES[(made + 7 * k + tries) % len(TEMPLATES)] if split == "train" else rng.choice(TEMPLATES)
+            words, tags = fill(template, rng)
+            if seen.setdefault(" ".join(words), split) != split:
+                continue
+            jobs.append((f"{name}-snips-{split}-{made}", split, voice, words, tags, intent))
+            made += 1
+    return jobs
+
+
 def build(root: Path, size: Size, seed: int) -> None:
     rng = random.Random(f"snips-{seed}")
     voices = sources.voice_pool(seed + 6)
@@ -111,19 +130,7 @@ def build(root: Path, size: Size, seed: int) -> None:
         for name in names[: counts[split]]:
             cast[name] = (split, voices[cursor])
             cursor += 1
-    seen: dict[str, str] = {}  # sentence -> split, so no sentence crosses splits
-    jobs = []  # (utt id, split, voice, words, tags, intent)
-    for name, (split, voice) in cast.items():
-        made, tries = 0, 0
-        while made < size.sf_utts and tries < 50 * size.sf_utts:
-            tries += 1
-            intent, template = TEMPLATES[(made + cursor * 7 + tries) % len(TEMPLATES)] if split == "train" else rng.choice(TEMPLATES)
-            words, tags = fill(template, rng)
-            text = " ".join(words)
-            if seen.setdefault(text, split) != split:
-                continue
-            jobs.append((f"{name}-snips-{split}-{made}", split, voice, words, tags, intent))
-            made += 1
+    jobs = plan(cast, size.sf_utts, rng)
 
     def render(job: tuple) -> np.ndarray:
         return audio.normalize(job[2].speak(" ".join(job[3]).lower()))
