@@ -294,7 +294,7 @@ def check_corpora(out: "str | Path", stages: "list[str] | None" = None) -> dict[
         raise ValueError(f"unknown stage(s) {unknown}; expected some of {known}")
     chosen = stages or [s for s in known if (out / f".{s}.done").is_file()]
     if not chosen:
-        raise ValueError(f"{out}: no corpus is built (no .<stage>.done); run `usad corpora build --out {out}`")
+        raise ValueError(f"{out}: not built: no corpus there (no .<stage>.done); run `usad corpora build --out {out}`")
     patch_s3prl()
     patch_heareval()
     results = {}
