@@ -125,7 +125,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     superb = sub.add_parser("superb", help="SUPERB tasks through s3prl's run_downstream")
     commands = superb.add_subparsers(dest="superb_command", required=True, metavar="SUPERB_COMMAND")
     p = commands.add_parser("run", help="train, pick the best dev checkpoint, test (finished stages are skipped)")
-    p.add_argument("--task", required=True, type=str.upper, choices=list(RECIPES), help="SUPERB task")
+    p.add_argument("--task", required=True, type=str.upper, choices=[t.upper() for t in RECIPES],
+                   metavar="{" + ",".join(RECIPES) + "}", help="SUPERB task (any case)")
     p.add_argument("--upstream", "-u", required=True, help="s3prl upstream name: usad, fbank, wavlm_local, ...")
     p.add_argument("--upstream-ckpt", "-k", help="upstream checkpoint (usad: a .safetensors student, a release "
                                                  "snapshot directory or a hub id such as MIT-SLS/USAD-Base)")

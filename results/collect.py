@@ -66,24 +66,29 @@ def _superb_rows(expdir: Path, runs_dir: Path) -> list[dict]:
     if task not in SUPERB_TASKS:
         return []  # an s3prl experiment that is not a SUPERB task
     spec = SUPERB_TASKS[task]
-    picked = s3prl_logs.select_scores(s3prl_logs.observations(expdir), spec.metric, spec.higher_is_better)
+    obs = s3prl_logs.observations(expdir)
     status = run_status(manifest)
     date = str((manifest or {}).get("updated", ""))[:10] or _mtime_date(
         [expdir / "log.log", expdir / s3prl_logs.TEST_LOG, *expdir.glob("events.out.tfevents.*")]
     )
     run_id = expdir.relative_to(runs_dir).as_posix()
     rows = []
-    for split, value in (("dev", picked.dev), ("test", picked.test)):
-        if value is not None and not math.isnan(value):
-            row_status = "done" if status in ("done", "unknown") else status
-            score = value * spec.scale
-        else:
-            row_status = status if status not in ("done", "unknown") else "missing"
-            score = float("nan")
-        if split == "dev" and value is None and (status == "unknown" or not spec.has_dev):
-            continue  # no dev score expected: not a gap
-        rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=SUPERB, task=task, metric=spec.metric,
-                         split=split, score=score, run_id=run_id, date=date, source=MEASURED, status=row_status))
+    primary = s3prl_logs.select_scores(obs, spec.metric, spec.higher_is_better)
+    for metric, higher in spec.metrics:
+        picked = primary if metric == spec.metric else s3prl_logs.select_scores(obs, metric, higher, follow=primary)
+        if metric != spec.metric and picked.dev is None and picked.test is None:
+            continue  # a secondary metric the expert did not log (older configs): not a gap
+        for split, value in (("dev", picked.dev), ("test", picked.test)):
+            if value is not None and not math.isnan(value):
+                row_status = "done" if status in ("done", "unknown") else status
+                score = value * spec.scale
+            else:
+                row_status = status if status not in ("done", "unknown") else "missing"
+                score = float("nan")
+            if split == "dev" and value is None and (status == "unknown" or not spec.has_dev):
+                continue  # no dev score expected: not a gap
+            rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=SUPERB, task=task, metric=metric,
+                             split=split, score=score, run_id=run_id, date=date, source=MEASURED, status=row_status))
     return rows
 
 

@@ -32,7 +32,7 @@ def latest_measured(measured: pd.DataFrame) -> pd.DataFrame:
     df = measured.copy()
     df["_has"] = df["score"].notna()
     df = df.sort_values(["_has", "date", "run_id"])
-    keys = ["model", "checkpoint_hash", "benchmark", "task", "split"]
+    keys = ["model", "checkpoint_hash", "benchmark", "task", "metric", "split"]
     return df.groupby(keys, as_index=False, sort=False).tail(1).drop(columns="_has").reset_index(drop=True)
 
 
@@ -84,9 +84,11 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
     if benchmark == HEAR:
         m = m[m["task"].isin(HEAR_OFFICIAL) == official]
         p = p if official else p.iloc[0:0]
-    if benchmark == SUPERB:  # only the primary metric ranks a SUPERB task
+    if benchmark == SUPERB:  # only the primary metric ranks a SUPERB task (the runs table lists the others)
         primary = [SUPERB_TASKS[t].metric == metric for t, metric in zip(p["task"], p["metric"])]
         p = p[pd.Series(primary, index=p.index, dtype=bool)]
+        if not m.empty:
+            m = m[[t not in SUPERB_TASKS or SUPERB_TASKS[t].metric == metric for t, metric in zip(m["task"], m["metric"])]]
     if m.empty and p.empty:
         return None
     tasks = _task_order(benchmark, set(m["task"]) | set(p["task"]))
@@ -151,7 +153,7 @@ def runs_table(measured: pd.DataFrame) -> pd.DataFrame:
     """One line per measured run and task: dev and test side by side, with status."""
     cols = ["benchmark", "model", "checkpoint_hash", "task", "metric", "dev", "test", "status", "run_id", "date"]
     lines = []
-    for _, sub in measured.groupby(["benchmark", "model", "checkpoint_hash", "task", "run_id"], sort=True):
+    for _, sub in measured.groupby(["benchmark", "model", "checkpoint_hash", "task", "metric", "run_id"], sort=True):
         by_split = {r.split: r for r in sub.itertuples(index=False)}
         first = sub.iloc[0]
         test = by_split.get("test")

@@ -100,6 +100,37 @@ def parse_stdout(path: Path, source: str) -> list[Observation]:
     return out
 
 
+_FRAME = re.compile(r'^File "(?P<file>[^"]+)", line (?P<line>\d+)')
+_ERROR = re.compile(r"\berror\b", re.IGNORECASE)
+
+
+def failure_line(log: Path) -> str:
+    """Why the last command in a recipe log failed, in one line: the exception that ended its
+    traceback and the frame that raised it (path shortened to the package), else the last line
+    naming an error, else the last line. The recipes put this in their error message so that a
+    failure says what went wrong, not only where the log is."""
+    try:
+        text = Path(log).read_text(errors="replace")
+    except OSError:
+        return f"no log at {log}"
+    last_run = text.rsplit("\n=== ", 1)[-1]  # the recipes start each command with a '=== time $ cmd' line
+    lines = [line.strip() for line in re.split(r"[\r\n]+", last_run) if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        tail = lines[starts[-1] + 1 :]
+        frames = [m for m in map(_FRAME.match, tail) if m]
+        exc = next((line for line in reversed(tail) if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", line)), None)
+        if exc:
+            if not frames:
+                return exc
+            where = re.sub(r"^.*/(site-packages|downstream_recipes|usad_upstream)/", r"\1/", frames[-1].group("file"))
+            return f"{exc} (raised at {where.replace('site-packages/', '')}:{frames[-1].group('line')})"
+    named = [line for line in lines if _ERROR.search(line) and not line.startswith("===")]
+    if named:
+        return named[-1]
+    return lines[-1] if lines else "the command printed nothing"
+
+
 def _tfrecords(path: Path) -> Iterator[bytes]:
     """Records of a tensorboard event file (TFRecord framing; CRCs are not checked)."""
     with path.open("rb") as f:
@@ -175,13 +206,18 @@ def _best(values: Iterable[Observation], higher_is_better: bool) -> "Observation
     return best
 
 
-def select_scores(obs: list[Observation], metric: str, higher_is_better: bool) -> TaskScores:
-    """The SUPERB protocol: best dev score; test score of the best-dev checkpoint."""
+def select_scores(obs: list[Observation], metric: str, higher_is_better: bool,
+                  follow: "TaskScores | None" = None) -> TaskScores:
+    """The SUPERB protocol: best dev score; test score of the best-dev checkpoint. With `follow`
+    (the primary metric's selection), a secondary metric is read at the primary's best dev step
+    instead of at its own best."""
     mine = [o for o in obs if o.metric == metric]
     dev_obs = [o for o in mine if o.split == "dev"]
     # The same dev evaluation may appear in several formats; prefer ones that carry a step.
     stepped = [o for o in dev_obs if o.step is not None]
     best_dev = _best(stepped or dev_obs, higher_is_better)
+    if follow is not None and follow.dev_step is not None:
+        best_dev = next((o for o in stepped if o.step == follow.dev_step), best_dev)
     test_obs = [o for o in mine if o.split == "test"]
     test_stage = [o for o in test_obs if o.source == "test-stage"]
     test: "Observation | None"

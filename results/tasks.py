@@ -23,6 +23,14 @@ class SuperbTask:
     # Factor from what the s3prl expert logs to the published unit (percent; MTWV as is).
     scale: float = 100.0
     has_dev: bool = True  # ASV has no dev selection: every kept checkpoint is scored on test
+    # Other metrics SUPERB reports for the task, (name, higher_is_better), same scale; they are
+    # listed next to the primary one but do not rank the task or enter the SUPERB score.
+    secondary: tuple[tuple[str, bool], ...] = ()
+
+    @property
+    def metrics(self) -> tuple[tuple[str, bool], ...]:
+        """(metric, higher_is_better) pairs, the primary metric first."""
+        return ((self.metric, self.higher_is_better), *self.secondary)
 
 
 SUPERB_TASKS: dict[str, SuperbTask] = {
@@ -35,7 +43,7 @@ SUPERB_TASKS: dict[str, SuperbTask] = {
         SuperbTask("ER", "emotion", "acc", higher_is_better=True),
         SuperbTask("ASR", "asr", "wer", higher_is_better=False, scale=1.0),  # asr logs percent
         SuperbTask("SD", "diarization", "der", higher_is_better=False),
-        SuperbTask("SF", "ctc", "slot_type_f1", higher_is_better=True),
+        SuperbTask("SF", "ctc", "slot_type_f1", higher_is_better=True, secondary=(("slot_value_cer", False),)),
         SuperbTask("ASV", "sv_voxceleb1", "eer", higher_is_better=False, has_dev=False),
         SuperbTask("QbE", "quesst14_dtw", "mtwv", higher_is_better=True, scale=1.0),
     )
@@ -53,6 +61,7 @@ SUPERB_PUBLISHED_COLUMNS: dict[str, tuple[str, str]] = {
     "ASR_wer": ("ASR", "wer"),
     "SD_der": ("SD", "der"),
     "SF_f1": ("SF", "slot_type_f1"),
+    "SF_cer": ("SF", "slot_value_cer"),
     "ASV_eer": ("ASV", "eer"),
     "QbE_mtwv": ("QbE", "mtwv"),
 }

@@ -175,3 +175,30 @@ def test_apply_effects_file_superb_ks_chain(tmp_path) -> None:  # type: ignore[n
 def test_unsupported_or_malformed_effects_raise_value_error(effects: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         apply_effects_tensor(torch.zeros(2, 1600), 16000, effects)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fix applies only where CUDA is absent")
+def test_sv_expert_cuda_call_is_kept_on_cpu(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """s3prl's sv_voxceleb1 expert calls `.cuda()` on its attention mask unconditionally; the fix
+    wraps the expert's forward when that module is imported (here a stand-in module with the
+    same call, since the real forward needs a whole ASV setup: tests/test_superb_tasks.py runs it)."""
+    (tmp_path / "usad_fake_sv_expert.py").write_text(
+        "import torch\n"
+        "class DownstreamExpert:\n"
+        "    def forward(self, x):\n"
+        "        mask = torch.ones(3)\n"
+        "        return x + mask.cuda()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    with pytest.raises((AssertionError, RuntimeError)):  # what torch raises without CUDA
+        importlib.import_module("usad_fake_sv_expert").DownstreamExpert().forward(torch.zeros(3))
+    del sys.modules["usad_fake_sv_expert"]
+    assert compat.after_import("usad_fake_sv_expert", compat._sv_mask_stays_on_cpu)
+    assert not compat.after_import("usad_fake_sv_expert", compat._sv_mask_stays_on_cpu)  # one hook only
+    module = importlib.import_module("usad_fake_sv_expert")
+    assert torch.equal(module.DownstreamExpert().forward(torch.zeros(3)), torch.ones(3))
+    assert not compat.after_import("usad_fake_sv_expert", compat._sv_mask_stays_on_cpu)  # imported and fixed already
+    with pytest.raises((AssertionError, RuntimeError)):
+        torch.ones(1).cuda()  # outside the expert's forward, .cuda() is torch's own again
+    sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "name", None) != "usad_fake_sv_expert"]

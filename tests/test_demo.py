@@ -143,3 +143,29 @@ def test_stages_needing_unknown_or_each_other_are_refused(tmp_path: Path) -> Non
         demo.run_stages([Stage("distill", _py("pass"), needs=("teachers",))])
     with pytest.raises(ValueError, match="wait on each other: \\['a', 'b'\\]"):
         demo.run_stages([Stage("a", _py("pass"), needs=("b",)), Stage("b", _py("pass"), needs=("a",))])
+
+
+def test_full_suite_adds_the_six_tasks_for_the_same_models(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import BASE_CORPORA, FULL, SUITES, Demo
+
+    def stages(name: str, **kw: str) -> dict:
+        demo = Demo(tmp_path / name, tmp_path / "r", **kw)
+        demo.models.mkdir(parents=True)  # stages() writes the teachers' spec files there
+        return {s.name: s for s in demo.stages()}
+
+    base, full = stages("a"), stages("b", suite="full")
+    extra = set(full) - set(base)
+    assert extra == {"corpora_full"} | {f"superb-{t}-{m}" for t in SUITES["full"] for m in MODELS}
+    assert {f"superb-{t}-{m}" for t in FULL.superb_steps for m in MODELS} <= set(base)
+    # make demo builds only its own corpora; the extra ones come after the distillation's inputs
+    assert base["corpora"].command[-2 * len(BASE_CORPORA):] == [a for s in BASE_CORPORA for a in ("--stage", s)]
+    assert "corpora_full" not in full["distill"].needs and full["corpora_full"].needs == ("corpora",)
+    names = list(full)
+    assert names.index("corpora_full") > names.index("export")
+    qbe, asr = full["superb-QbE-usad_student"], full["superb-ASR-fbank"]
+    assert "--override" not in qbe.command and qbe.command[qbe.command.index("--steps") + 1] == "0"
+    assert "corpora_full" in qbe.needs and "export" in qbe.needs
+    override = asr.command[asr.command.index("--override") + 1]
+    assert "RNNs.dim=[256,256]" in override and "config.optimizer.lr=" in override
+    with pytest.raises(ValueError, match="unknown demo suite"):
+        Demo(tmp_path / "c", tmp_path / "r", suite="everything")

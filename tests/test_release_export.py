@@ -184,7 +184,7 @@ def test_the_bundle_is_our_source_and_follows_new_imports(tmp_path: Path, monkey
 
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-        assert set(get_imports(tmp_path / name)) <= {"__future__", "contextlib", "copy", "dataclasses", "importlib",
+        assert set(get_imports(tmp_path / name)) <= {"__future__", "contextlib", "copy", "dataclasses", "functools", "importlib",
                                                      "math", "os", "pathlib", "sys", "torch", "torchaudio", "transformers", "types",
                                                      "typing"}, name
     # another engineer's frontend rewrite that imports a new module of ours is bundled too

@@ -248,3 +248,87 @@ def test_leaderboard_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "empty").mkdir()
     assert main(["leaderboard", str(tmp_path / "empty"), "-o", str(tmp_path / "out2")]) == 0  # published rows only
     assert "warning: no SUPERB or HEAR runs" in capsys.readouterr().err
+
+
+def test_failure_line_of_the_last_command(tmp_path: Path) -> None:
+    log = tmp_path / "usad_train.log"
+    log.write_text("\n=== t0 $ first\nTraceback (most recent call last):\nKeyError: 'old failure'\n"
+                   "\n=== t1 $ second\n[usad-run-downstream] - CUDA is not available\n"
+                   "usad-run-downstream: error: upstream checkpoint not found: /x.safetensors\n")
+    assert s3prl_logs.failure_line(log) == "usad-run-downstream: error: upstream checkpoint not found: /x.safetensors"
+    log.write_text("\n=== t1 $ cmd\n  File \"/v/lib/python3.11/site-packages/torch/cuda/__init__.py\", line 9, in _lazy_init\n"
+                   "Traceback (most recent call last):\n"
+                   "  File \"/v/lib/python3.11/site-packages/s3prl/downstream/sv_voxceleb1/expert.py\", line 245, in forward\n"
+                   "    agg_vec = self.model(features_pad, attention_mask_pad.cuda())\n"
+                   "AssertionError: Torch not compiled with CUDA enabled\n")
+    assert s3prl_logs.failure_line(log) == ("AssertionError: Torch not compiled with CUDA enabled "
+                                            "(raised at s3prl/downstream/sv_voxceleb1/expert.py:245)")
+    log.write_text("\n=== t1 $ cmd\nsome output\nKilled\n")
+    assert s3prl_logs.failure_line(log) == "Killed"
+    assert "no log" in s3prl_logs.failure_line(tmp_path / "missing.log")
+
+
+# What each new task's s3prl expert (and the QbE scorer) printed in real runs on the local
+# corpora (tiny random USAD, --steps 2-4): usad_train.log holds the dev evaluations, usad_test.log
+# the test stage's. \r-joined tqdm bars are part of the real logs.
+REAL_LOGS = {
+    "ER": ("dev acc: 0.2857142984867096\ndev acc: 0.4285714328289032\ndev acc: 0.1428571492433548\n",
+           "[Expert] - using the testing fold: \"fold1\".\ntest acc: 0.25\n"),
+    "ASR": ("dev-clean loss: 5.586225986480713\ndev-clean uer: 100.0\ndev-clean wer: 100.0\n",
+            "test-clean: 100%|##| 3/3 [00:01<00:00]\rtest-clean loss: 7.296854496002197\ntest-clean uer: 100.0\n"
+            "test-clean wer: 98.5\n"),
+    "SD": ("mode dev acc 0.6055302619934082 der 0.5348979830741882\nmode dev acc 0.6037871837615967 der 0.5300425291061401\n",
+           "2  recordings\nmode test acc 0.6442240476608276 der 0.5405057668685913\n"),
+    "SF": ("dev slot_type_f1: 0.25\ndev slot_value_cer: 0.9\ndev slot_type_f1: 0.5\ndev slot_value_cer: 0.95\n",
+           "test loss: 7.066385269165039\ntest slot_type_f1: 0.375\ntest slot_value_cer: 0.875\ntest slot_value_wer: 1.0\n"
+           "test slot_edit_f1_full: 0.0\ntest wer: 1.0\ntest cer: 1.0\n"),
+    "ASV": ("sv-voxceleb1/train-loss: 12.5\n", "sv-voxceleb1/test-EER: 0.3125\nsv-voxceleb1/test-EER: 0.25\n"),
+    "QbE": ("[QbE] layer 0 of 2:\ndev mtwv: 0.05\ndev atwv: -1.2\n[QbE] layer 1 of 2:\ndev mtwv: 0.2026190476\n",
+            "[QbE] layer 1 (best on dev):\ntest mtwv: 0.125\ntest atwv: -0.59\ntest min_cnxe: 0.93\n"),
+}
+
+
+def test_leaderboard_reads_each_new_tasks_real_metric(tmp_path: Path) -> None:
+    from results.manifest import write_manifest
+
+    for task, (train_log, test_log) in REAL_LOGS.items():
+        expdir = tmp_path / "superb" / task / "usad-tiny"
+        expdir.mkdir(parents=True)
+        (expdir / "args_2026-12-01-23-00-00.yaml").write_text("upstream: usad\n")
+        (expdir / s3prl_logs.TRAIN_LOG).write_text(train_log)
+        (expdir / s3prl_logs.TEST_LOG).write_text(test_log)
+        write_manifest(expdir, {"benchmark": "SUPERB", "task": task, "model": "usad-tiny", "checkpoint_hash": "abc",
+                                "stages": {s: {"status": "done"} for s in ("train", "select", "test")}})
+    df = collect(tmp_path).set_index(["task", "metric", "split"])["score"]
+    expected = {("ER", "acc", "test"): 25.0, ("ER", "acc", "dev"): 42.857143, ("ASR", "wer", "test"): 98.5,
+                ("ASR", "wer", "dev"): 100.0, ("SD", "der", "test"): 54.050577, ("SD", "der", "dev"): 53.004253,
+                ("SF", "slot_type_f1", "test"): 37.5, ("SF", "slot_type_f1", "dev"): 50.0,
+                ("SF", "slot_value_cer", "test"): 87.5, ("ASV", "eer", "test"): 25.0,
+                ("QbE", "mtwv", "test"): 0.125, ("QbE", "mtwv", "dev"): 0.2026190476}
+    for key, value in expected.items():
+        assert df[key] == pytest.approx(value, abs=1e-5), key
+    assert ("ASV", "eer", "dev") not in df.index  # ASV has no dev selection: not a gap
+    md = render(collect(tmp_path), load_published(), tmp_path / "board")["md"].read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| usad-tiny | measured here"))
+    assert "(6 tasks)" in row and "| 0.1250 |" in row  # the SUPERB score covers the six tasks; MTWV as is
+
+
+def test_secondary_metric_is_read_at_the_primary_metrics_best_dev_step(tmp_path: Path) -> None:
+    from tensorboardX import SummaryWriter
+
+    from results.manifest import write_manifest
+
+    expdir = tmp_path / "superb" / "SF" / "m"
+    writer = SummaryWriter(str(expdir))  # what s3prl's ctc expert logs during training
+    for step, f1, cer in ((10, 0.2, 0.5), (20, 0.6, 0.7), (30, 0.4, 0.9)):
+        writer.add_scalar("ctc-snips/dev-slot_type_f1", f1, global_step=step)
+        writer.add_scalar("ctc-snips/dev-slot_value_cer", cer, global_step=step)
+    writer.close()
+    (expdir / "args_2026-12-01-23-00-00.yaml").write_text("upstream: usad\n")
+    (expdir / s3prl_logs.TEST_LOG).write_text("test slot_type_f1: 0.5\ntest slot_value_cer: 0.8\n")
+    write_manifest(expdir, {"benchmark": "SUPERB", "task": "SF", "model": "m", "checkpoint_hash": "",
+                            "stages": {s: {"status": "done"} for s in ("train", "select", "test")}})
+    df = collect(tmp_path).set_index(["metric", "split"])["score"]
+    assert df[("slot_type_f1", "dev")] == pytest.approx(60.0)
+    assert df[("slot_value_cer", "dev")] == pytest.approx(70.0)  # step 20's, not the lowest (50 at step 10)
+    assert df[("slot_value_cer", "test")] == pytest.approx(80.0)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import pathlib
 import sys
 from types import ModuleType
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -534,15 +537,87 @@ def _allow_full_torch_load() -> list[str]:
     return [FULL_LOAD_ENV]
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `fix(module)` right after the module `name` is executed, whenever it is imported."""
+
+    def __init__(self, name: str, fix: "Callable[[ModuleType], bool]") -> None:
+        self.name, self.fix = name, fix
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> "importlib.machinery.ModuleSpec | None":
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # let the normal finders locate it, once
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module, fix = spec.loader.exec_module, self.fix
+
+        def exec_and_fix(module: ModuleType) -> None:
+            exec_module(module)
+            fix(module)
+
+        spec.loader.exec_module = exec_and_fix  # type: ignore[method-assign]
+        return spec
+
+
+def after_import(name: str, fix: "Callable[[ModuleType], bool]") -> bool:
+    """Apply `fix` to module `name` now if it is imported, else as soon as it is. False when
+    there was nothing to do (already fixed, or the hook already waits for the import)."""
+    if name in sys.modules:
+        return fix(sys.modules[name])
+    if any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        return False
+    sys.meta_path.insert(0, _AfterImport(name, fix))
+    return True
+
+
+@contextlib.contextmanager
+def _cuda_returns_self() -> Iterator[None]:
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original  # type: ignore[method-assign]
+
+
+def _sv_mask_stays_on_cpu(module: ModuleType) -> bool:
+    """s3prl's sv_voxceleb1 expert (ASV) moves its attention mask with an unconditional
+    `.cuda()` in forward, so it cannot run without CUDA. On such a machine its forward runs with
+    `Tensor.cuda` returning the tensor itself (the mask stays where the features are)."""
+    expert = module.DownstreamExpert
+    if getattr(expert.forward, "_usad_cpu", False):
+        return False
+    forward = expert.forward
+
+    @functools.wraps(forward)
+    def forward_on_cpu(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with _cuda_returns_self():
+            return forward(self, *args, **kwargs)
+
+    forward_on_cpu._usad_cpu = True  # type: ignore[attr-defined]
+    expert.forward = forward_on_cpu
+    return True
+
+
+SV_EXPERT = "s3prl.downstream.sv_voxceleb1.expert"
+
+
 def patch_s3prl() -> list[str]:
     """Make s3prl 0.4.18 import and run on this torch/torchaudio; call before importing s3prl.
 
     Idempotent: each patch checks first and adds only what is missing. Returns what it added.
     """
     torchaudio = import_torchaudio()
-    return (
+    added = (
         _add_backend_noops(torchaudio)
         + _add_soundfile_io(torchaudio)
         + _add_sox_effects(torchaudio)
         + _allow_full_torch_load()
     )
+    if not torch.cuda.is_available() and after_import(SV_EXPERT, _sv_mask_stays_on_cpu):
+        added.append(f"{SV_EXPERT} on CPU")
+    return added

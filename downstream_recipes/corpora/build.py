@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import fluent, hear, librispeech, pool, sources, speech_commands, voxceleb
+from . import fluent, hear, iemocap, librimix, librispeech, pool, quesst, snips, sources, speech_commands, voxceleb, voxceleb_sv
 from .common import SIZES, Size
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,15 @@ STAGES: dict[str, tuple[str, Callable[[Path, Size, int, Path], None]]] = {
     "fluent_speech_commands": ("fluent_speech_commands", lambda root, size, seed, out: fluent.build(root, size, seed)),
     "hear": ("hear", lambda root, size, seed, out: hear.build(root, out / "speech_commands", size, seed)),
     "pool": ("pool", lambda root, size, seed, out: pool.build(root, size, seed)),
+    "iemocap": ("IEMOCAP_full_release", lambda root, size, seed, out: iemocap.build(root, size, seed)),
+    "librimix_sd": ("librimix_sd", lambda root, size, seed, out: librimix.build(
+        root, size, seed, out / "LibriSpeech", out / "librimix_sd")),
+    "voxceleb1_sv": ("VoxCeleb1_sv", lambda root, size, seed, out: voxceleb_sv.build(root, size, seed)),
+    "snips": ("SNIPS", lambda root, size, seed, out: snips.build(root, size, seed)),
+    "quesst14": ("quesst14Database", lambda root, size, seed, out: quesst.build(root, size, seed)),
 }
+# Stages whose builders read another stage's output.
+NEEDS = {"hear": "speech_commands", "librimix_sd": "librispeech"}
 
 
 def _marker(out: Path, stage: str) -> Path:
@@ -39,8 +47,9 @@ def build_corpora(out: "str | Path", size: str = "mini", seed: int = 0, stages: 
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
-    if "hear" in chosen and "speech_commands" not in chosen and not _marker(Path(out), "speech_commands").is_file():
-        chosen = ["speech_commands"] + chosen  # the keywords task reuses the KS audio
+    for stage, need in NEEDS.items():  # e.g. the HEAR keywords task reuses the KS audio
+        if stage in chosen and need not in chosen and not _marker(Path(out), need).is_file():
+            chosen = [need] + chosen
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     params = {"size": size, "seed": seed}
@@ -90,6 +99,13 @@ USAGE = {
     "fluent_speech_commands": "s3prl -d fluent_commands: datarc.file_path=<dir>",
     "hear": "heareval: --tasks-dir <dir>/tasks",
     "pool": "usad distill: data.manifests=[<dir>/manifest.tsv]",
+    "iemocap": "s3prl -d emotion: datarc.root=<dir>, datarc.meta_data=<meta_data from s3prl's IEMOCAP_preprocess.py "
+    "(usad superb run --task ER makes it)>",
+    "librimix_sd": "s3prl -d diarization: loaderrc.{train,dev,test}_dir=<dir>/{train,dev,test}",
+    "voxceleb1_sv": "s3prl -d sv_voxceleb1: datarc.file_path=<dir>, datarc.test_meta_data=<dir>/voxceleb1_test_v2.txt",
+    "snips": "s3prl -d ctc (snips): corpus.path=<dir>, text.slots_file=<dir>/slots.txt, text.vocab_file=<dir>/character.txt",
+    "quesst14": "s3prl -d quesst14_dtw: datarc.dataset_root=<dir>; score benchmark.stdlist.xml with "
+    "downstream_recipes/superb/quesst_score.py against <dir>/scoring/groundtruth_quesst14_{dev,eval}",
 }
 
 

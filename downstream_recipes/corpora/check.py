@@ -131,11 +131,127 @@ def _hear(root: Path) -> str:
     return "heareval embedded " + ", ".join(out)
 
 
+def _iemocap(root: Path) -> str:
+    from s3prl.downstream.emotion.dataset import IEMOCAPDataset
+
+    from downstream_recipes.superb.recipes import iemocap_meta_data
+
+    counts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = iemocap_meta_data(root, Path(tmp))  # s3prl's own IEMOCAP_preprocess.py
+        for session in sorted(p.name for p in meta.iterdir()):
+            test = IEMOCAPDataset(str(root), str(meta / session / "test_meta_data.json"), pre_load=False)
+            train = IEMOCAPDataset(str(root), str(meta / session / "train_meta_data.json"), pre_load=False)
+            labels = {test.idx2emotion[test[i][1]] for i in range(len(test))}
+            if labels != set(test.class_dict):
+                raise ValueError(f"{root}: {session} lacks emotions {sorted(set(test.class_dict) - labels)}")
+            if not len(train) or len(train[0][0]) == 0:
+                raise ValueError(f"{root}: the training sessions of fold {session} are empty")
+            counts.append(len(test))
+    return f"{len(counts)} sessions of {'/'.join(map(str, counts))} utterances, 4 emotions each, through IEMOCAP_preprocess"
+
+
+def _librimix_sd(root: Path) -> str:
+    import numpy as np
+    from s3prl.downstream.diarization.dataset import DiarizationDataset
+
+    overlap, counts = 0, []
+    for split in ("train", "dev", "test"):
+        ds = DiarizationDataset(split, str(root / split), chunk_size=2000, frame_shift=320, subsampling=1, rate=16000,
+                                num_speakers=2)
+        missing = [p for p in ds.data.wavs.values() if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"{root / split}/wav.scp names missing files, e.g. {missing[0]} (was the corpus moved?)")
+        labels = []
+        for i in range(len(ds)):
+            item = ds[i]
+            labels += item[1] if split == "test" else [item[1]]
+        frames = np.concatenate(labels)
+        if frames.shape[1] != 2 or not frames[:, 0].any() or not frames[:, 1].any():
+            raise ValueError(f"{root / split}: s3prl's labels do not show two active speakers")
+        overlap += int((frames.sum(1) == 2).sum())
+        counts.append(len(ds))
+    if not overlap:
+        raise ValueError(f"{root}: no frame has both speakers active (no overlap)")
+    return f"train/dev/test {'/'.join(map(str, counts))} items; {overlap} overlapped frames at 320-sample labels"
+
+
+def _voxceleb_sv(root: Path) -> str:
+    from s3prl.downstream.sv_voxceleb1 import dataset as sv
+
+    from downstream_recipes.superb.s3prl_entry import redirect_caches
+
+    dev_ids = {p.name for p in (root / "dev" / "wav").iterdir()}
+    test_ids = {p.name for p in (root / "test" / "wav").iterdir()}
+    if dev_ids & test_ids:
+        raise ValueError(f"{root}: speakers {sorted(dev_ids & test_ids)} are in both dev and test")
+    original = sv.__file__
+    with tempfile.TemporaryDirectory() as cache:
+        redirect_caches(cache)  # s3prl caches trimmed lengths inside its package otherwise
+        try:
+            train = sv.SpeakerVerifi_train({"min_sec": 32000}, ["Voxceleb1"], [root / "dev" / "wav"], None, 128000, n_jobs=1)
+        finally:
+            sv.__file__ = original
+    n_files = len(list((root / "dev" / "wav").rglob("*.wav")))
+    if len(train) != n_files or train.speaker_num != len(dev_ids):
+        raise ValueError(f"{root}: s3prl keeps {len(train)} of {n_files} training utterances (under 2 s after its VAD)")
+    train[0]
+    test = sv.SpeakerVerifi_test({"min_sec": 32000}, root / "test" / "wav", root / "voxceleb1_test_v2.txt")
+    missing = [p for p in test.dataset if not Path(p).is_file()]
+    labels = {label for label, _, _ in test.pair_table}
+    if missing or labels != {"0", "1"}:
+        raise ValueError(f"{root}: trials name missing files {missing[:1]} or lack target/non-target ({sorted(labels)})")
+    test[0]
+    return (f"{len(dev_ids)} training speakers ({len(train)} utterances), {len(test_ids)} disjoint test speakers, "
+            f"{len(test.pair_table)} trials")
+
+
+def _snips(root: Path) -> str:
+    import yaml
+    from s3prl.downstream.ctc.text import load_text_encoder
+
+    from downstream_recipes.superb.recipes import CONFIG_DIR
+    from downstream_recipes.superb.snips import SnipsDataset
+
+    corpus = yaml.safe_load((CONFIG_DIR / "sf.yaml").read_text())["downstream_expert"]["corpus"]
+    tokenizer = load_text_encoder("character-slot", str(root / "character.txt"), str(root / "slots.txt"))
+    counts = []
+    for split in ("train", "dev", "test"):
+        ds = SnipsDataset(corpus[split], tokenizer, 1, str(root), **{k: v for k, v in corpus.items() if k.endswith("speakers")})
+        tokens = [t for _, ids in ds.items for t in ids]
+        if tokenizer.unk_idx in tokens or not any(t >= len(tokenizer._vocab_list) for t in tokens):
+            raise ValueError(f"{root}: {split} has characters outside character.txt or no slot")
+        counts.append(len(ds))
+    return f"train/valid/test {'/'.join(map(str, counts))} utterances under SUPERB's speaker lists; slots encode"
+
+
+def _quesst(root: Path) -> str:
+    from s3prl.downstream.quesst14_dtw.dataset import QUESST14Dataset
+
+    from downstream_recipes.superb.quesst_score import read_groundtruth
+
+    out = []
+    for split in ("dev", "eval"):
+        ds = QUESST14Dataset(split, dataset_root=str(root))
+        truth = read_groundtruth(root / "scoring" / f"groundtruth_quesst14_{split}")
+        names = [p.with_suffix("").name for p in ds.data]
+        if names[: ds.n_queries] != list(truth.queries) or sorted(names[ds.n_queries :]) != sorted(truth.documents):
+            raise ValueError(f"{root}: the {split} lists and the ground truth name different queries or documents")
+        unseen = set(truth.queries) - {q for q, _ in truth.targets}
+        if unseen:
+            raise ValueError(f"{root}: {split} queries {sorted(unseen)} occur in no document")
+        for i in (0, len(ds) - 1):
+            if len(ds[i][0]) == 0:
+                raise ValueError(f"{root}: {ds.data[i]} is empty after s3prl's effects")
+        out.append(f"{split} {ds.n_queries} queries x {ds.n_docs} documents, {len(truth.targets)} targets")
+    return "; ".join(out)
+
+
 def _pool(out: Path) -> str:
     root = out / "pool"
     rows = pool.read(root / "manifest.tsv")
     eval_hashes = set()
-    for corpus in ("LibriSpeech", "speech_commands", "VoxCeleb1", "fluent_speech_commands", "hear"):
+    for corpus in [folder for name, (folder, _) in CHECKS.items() if (out / f".{name}.done").is_file()]:
         for path in (out / corpus).rglob("*"):
             if path.suffix in (".wav", ".flac"):
                 eval_hashes.add(hashlib.sha1(path.read_bytes()).hexdigest())
@@ -156,27 +272,38 @@ CHECKS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "voxceleb1": ("VoxCeleb1", _voxceleb),
     "fluent_speech_commands": ("fluent_speech_commands", _fluent),
     "hear": ("hear", _hear),
+    "iemocap": ("IEMOCAP_full_release", _iemocap),
+    "librimix_sd": ("librimix_sd", _librimix_sd),
+    "voxceleb1_sv": ("VoxCeleb1_sv", _voxceleb_sv),
+    "snips": ("SNIPS", _snips),
+    "quesst14": ("quesst14Database", _quesst),
 }
 
 
-def check_corpora(out: "str | Path") -> dict[str, str]:
-    """Check every built corpus under `out`; returns one summary line per corpus."""
+def check_corpora(out: "str | Path", stages: "list[str] | None" = None) -> dict[str, str]:
+    """Check the named stages under `out` (default: every stage that is built; `build` can make
+    any subset); returns one summary line per corpus."""
     from usad_upstream.compat import patch_heareval, patch_s3prl
 
     out = Path(out)
     if not out.is_dir():
         raise ValueError(f"corpora folder not found: {out}")
+    known = [*CHECKS, "pool"]
+    unknown = [s for s in stages or [] if s not in known]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected some of {known}")
+    chosen = stages or [s for s in known if (out / f".{s}.done").is_file()]
+    if not chosen:
+        raise ValueError(f"{out}: not built: no corpus there (no .<stage>.done); run `usad corpora build --out {out}`")
     patch_s3prl()
     patch_heareval()
     results = {}
-    for name, (folder, fn) in CHECKS.items():
+    for name in chosen:
+        folder = CHECKS[name][0] if name in CHECKS else "pool"
         if not (out / f".{name}.done").is_file():
-            raise ValueError(f"{out / folder}: not built (no .{name}.done); run `usad corpora build --out {out}`")
+            raise ValueError(f"{out / folder}: not built (no .{name}.done); run `usad corpora build --out {out} --stage {name}`")
         try:
-            results[name] = fn(out / folder)
+            results[name] = CHECKS[name][1](out / folder) if name in CHECKS else _pool(out)
         except (AssertionError, KeyError, IndexError, FileNotFoundError, RuntimeError) as exc:
             raise ValueError(f"{out / folder}: rejected by its real loader: {type(exc).__name__}: {exc}") from None
-    if not (out / ".pool.done").is_file():
-        raise ValueError(f"{out / 'pool'}: not built; run `usad corpora build --out {out}`")
-    results["pool"] = _pool(out)
     return results

@@ -18,7 +18,7 @@ def _build(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from .check import check_corpora
 
-    for name, summary in check_corpora(args.dir).items():
+    for name, summary in check_corpora(args.dir, args.stage or None).items():
         print(f"{name}: OK ({summary})")
     return 0
 
@@ -36,6 +36,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--stage", action="append", choices=list(STAGES), help="build only this stage (repeatable)")
     p.add_argument("--no-install", action="store_true", help="never run apt-get; fail naming the missing packages")
     p.set_defaults(func=_build)
-    p = inner.add_parser("check", help="load every corpus with s3prl's and heareval's own loaders")
+    p = inner.add_parser("check", help="load every built corpus with s3prl's and heareval's own loaders")
     p.add_argument("dir", help="folder given to `corpora build --out`")
+    p.add_argument("--stage", action="append", choices=[*STAGES], help="check only this stage (repeatable; default: all built)")
     p.set_defaults(func=_check)

@@ -27,6 +27,20 @@ def real_speakers() -> dict[str, list[Path]]:
     return dict(sorted(found.items(), key=lambda kv: (-len(kv[1]), kv[0])))
 
 
+def real_speakers_interleaved() -> list[tuple[str, list[Path]]]:
+    """real_speakers() taking turns by source (asterisk, Hedgewars, Tux Paint), so that a few
+    speakers already span the recording conditions."""
+    families: dict[str, list[tuple[str, list[Path]]]] = {}
+    for name, files in real_speakers().items():
+        families.setdefault(name.split("-")[0], []).append((name, files))
+    out = []
+    while any(families.values()):
+        for family in sorted(families):
+            if families[family]:
+                out.append(families[family].pop(0))
+    return out
+
+
 def build(root: Path, size: Size, seed: int) -> None:
     rng = random.Random(f"voxceleb-{seed}")
     sentences = sorted(set(sources.tuxpaint_sentences().values()))

@@ -13,8 +13,11 @@ def _run(args: argparse.Namespace) -> int:
 
     suffix = ("-usad2" if args.recipe == "usad2" else "") + ("-quick" if args.quick else "")
     run_dir = Path(args.run_dir or f"runs/demo{suffix}")
-    results = Path(args.results or (run_dir / "leaderboard" if args.quick else f"results/demo{suffix}"))
-    paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs)()
+    if args.recipe == "usad2" and args.suite != "demo":
+        raise ValueError("--suite full runs with --recipe usad only (the usad2 demo evaluates its own tasks)")
+    tag = "" if args.suite == "demo" else f"-{args.suite}"  # a full suite never overwrites make demo's board
+    results = Path(args.results or (run_dir / f"leaderboard{tag}" if args.quick else f"results/demo{suffix}{tag}"))
+    paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs, suite=args.suite)()
     print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -47,6 +50,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--recipe", choices=["usad", "usad2"], default="usad",
                    help="usad: two teachers, one student (make demo); usad2: speech, sound and music teachers, "
                    "students with and without domain-aware weighting (default: usad)")
+    p.add_argument("--suite", choices=["demo", "full"], default="demo",
+                   help="demo: PR/KS/SID/IC + HEAR (make demo); full: also ER, ASR, SD, SF, ASV, QbE for the same models "
+                        "(leaderboard in results/demo-full)")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one CPU thread each (default 2; 1: one at a time, all threads)")
     p.set_defaults(func=_run)
     p = inner.add_parser("teacher", help="train one small domain teacher on training splits (a demo stage)")

@@ -115,7 +115,30 @@ QUICK = Budget(
     hear_grid_points=4,
 )
 
-SUPERB_DATA = {"PR": "LibriSpeech", "KS": "speech_commands", "SID": "VoxCeleb1", "IC": "fluent_speech_commands"}
+SUPERB_DATA = {"PR": "LibriSpeech", "KS": "speech_commands", "SID": "VoxCeleb1", "IC": "fluent_speech_commands",
+               "ER": "IEMOCAP_full_release", "ASR": "LibriSpeech", "SD": "librimix_sd", "SF": "SNIPS",
+               "ASV": "VoxCeleb1_sv", "QbE": "quesst14Database"}
+# Evaluation suites: "demo" is `make demo`; "full" (`usad demo run --suite full`) also probes the
+# same five models on the other six SUPERB tasks, from extra corpora stages built into the same
+# folder. Per task: (steps, QUICK steps, s3prl -o overrides on top of the demo's lr and
+# accumulation). CPU budgets, fixed before these tasks ever ran on the demo's models, from
+# their cost per step with a tiny USAD on the mini corpora: ASR and SF get a 2 x 256 BLSTM head
+# and batch 8 (SUPERB: 2 x 1024, batch 32, tens of CPU-seconds a step; this: about 3), ASV batch
+# 16 (SUPERB: 256; batch 32 cost about 10 CPU-seconds a step). QbE trains nothing.
+_SMALL_RNN = "config.downstream_expert.{m}.project_dim=256,,config.downstream_expert.{m}.RNNs.dim=[256,256]"
+SUITES: dict[str, dict[str, tuple[int, int, tuple[str, ...]]]] = {
+    "demo": {},
+    "full": {
+        "ASR": (100, 10, (_SMALL_RNN.format(m="modelrc"), "config.downstream_expert.datarc.train_batch_size=8")),
+        "SF": (100, 10, (_SMALL_RNN.format(m="model"), "config.downstream_expert.corpus.batch_size=8")),
+        "ASV": (40, 4, ("config.downstream_expert.datarc.train_batch_size=16",)),
+        "SD": (300, 10, ()),
+        "ER": (600, 20, ()),
+        "QbE": (0, 0, ()),
+    },
+}
+BASE_CORPORA = ("librispeech", "speech_commands", "voxceleb1", "fluent_speech_commands", "hear", "pool")
+SUITE_CORPORA = {"demo": (), "full": ("iemocap", "librimix_sd", "voxceleb1_sv", "snips", "quesst14")}
 MODELS = ("fbank", "speech_teacher", "audio_teacher", "teachers_concat", "usad_student")
 
 
@@ -139,7 +162,11 @@ class Demo:
     """The demo's run directory and its stages."""
 
     def __init__(self, run_dir: Path, results_dir: Path, quick: bool = False, force: bool = False,
-                 jobs: int = 2, python: str = sys.executable, log: Callable[[str], None] = print) -> None:
+                 jobs: int = 2, python: str = sys.executable, log: Callable[[str], None] = print,
+                 suite: str = "demo") -> None:
+        if suite not in SUITES:
+            raise ValueError(f"unknown demo suite {suite!r}; expected one of {list(SUITES)}")
+        self.suite = suite
         self.run = Path(run_dir).resolve()
         self.results = Path(results_dir).resolve()
         self.quick, self.force, self.jobs, self.python, self.say = quick, force, max(1, jobs), python, log
@@ -309,8 +336,17 @@ class Demo:
         distillation is the longest stage), then the student's evaluations (ready last, longest
         first), then the other models' evaluations, which fill the second core meanwhile."""
         b = self.budget
-        builds = [Stage("corpora", self.usad("corpora", "build", "--out", self.corpora, "--size", b.corpora_size),
+        stages = [a for stage in BASE_CORPORA for a in ("--stage", stage)]
+        builds = [Stage("corpora", self.usad("corpora", "build", "--out", self.corpora, "--size", b.corpora_size, *stages),
                         [self.corpora / "pool" / "manifest.tsv", self.corpora / "hear" / "tasks"])]
+        suite_corpora = []  # into the same folder, after the teachers start; they and the student never see them
+        if SUITE_CORPORA[self.suite]:
+            extra = [a for stage in SUITE_CORPORA[self.suite] for a in ("--stage", stage)]
+            from downstream_recipes.corpora.build import STAGES as CORPUS_STAGES
+
+            folders = [self.corpora / CORPUS_STAGES[stage][0] for stage in SUITE_CORPORA[self.suite]]
+            suite_corpora.append(Stage("corpora_full", self.usad("corpora", "build", "--out", self.corpora, "--size",
+                                                                 b.corpora_size, *extra), folders, needs=("corpora",)))
         if b.pool_size != "mini":
             out = self.run / f"pool_{b.pool_size}"
             builds.append(Stage("pool", self.usad("corpora", "build", "--out", out, "--size", b.pool_size, "--stage", "pool"),
@@ -327,7 +363,8 @@ class Demo:
         export = Stage("export", self.usad("export", self.models / "distill", "-o", student), [student], needs=("distill",))
         evals = self.eval_stages(student)
         student_evals = [s for s in evals if s.name.endswith("usad_student")]
-        return builds + teachers + [distill, export] + student_evals + [s for s in evals if s not in student_evals]
+        return (builds + teachers + [distill, export] + suite_corpora + student_evals
+                + [s for s in evals if s not in student_evals])
 
     def eval_models(self, student: Path) -> dict[str, tuple[list, list, tuple[str, ...]]]:
         """Each evaluated model -> (its s3prl upstream arguments, its HEAR module arguments, the
@@ -358,17 +395,22 @@ class Demo:
         models = self.eval_models(student)
         runs = self.run / "eval"
         hear, superb = [], []
-        for task, steps in b.superb_steps.items():
+        tasks = {t: (n, ()) for t, n in b.superb_steps.items()}
+        suite = SUITES[self.suite]
+        tasks.update({t: (quick if self.quick else steps, extra) for t, (steps, quick, extra) in suite.items()})
+        for task, (steps, extra) in tasks.items():
+            trains = steps > 0  # QbE: no probe to train
             for model, (upstream, _, needs) in models.items():
-                overrides = [f"config.runner.gradient_accumulate_steps={b.superb_accumulate}"]
-                if task != "PR":
+                overrides = [f"config.runner.gradient_accumulate_steps={b.superb_accumulate}"] if trains else []
+                if task != "PR" and trains:
                     overrides.append(f"config.optimizer.lr={b.superb_lr}")
+                overrides += extra
                 cmd = self.usad("superb", "run", "--task", task, *upstream, "--data", self.corpora / SUPERB_DATA[task],
-                                "--name", model, "--runs-dir", runs, "--steps", steps, "--workers", 0,
-                                "--device", "cpu", "--override", ",,".join(overrides),
+                                "--name", model, "--runs-dir", runs, "--steps", steps, "--workers", 0, "--device", "cpu",
+                                *(["--override", ",,".join(overrides)] if overrides else []),
                                 "--feature-cache-mb", SUPERB_FEATURE_CACHE_MB)
                 superb.append(Stage(f"superb-{task}-{model}", cmd, clean=[runs / "superb" / task / model],
-                                    needs=needs, essential=False))
+                                    needs=needs + (("corpora_full",) if task in suite else ()), essential=False))
         for model, (_, module, needs) in models.items():
             tasks = [a for t in b.hear_tasks for a in ("--task", t)]
             cmd = self.usad("hear", "run", *module, "--tasks-dir", self.corpora / "hear" / "tasks", *tasks,
@@ -396,7 +438,8 @@ class Demo:
 
     def budget_summary(self) -> dict:
         b = self.budget
-        return {"mode": "QUICK" if self.quick else "full", "corpora": b.corpora_size, "pool": b.pool_size,
+        return {"mode": "QUICK" if self.quick else "full", **({"suite": self.suite} if self.suite != "demo" else {}),
+                "corpora": b.corpora_size, "pool": b.pool_size,
                 "speech teacher steps x clips": list(b.speech_teacher), "audio teacher steps x clips": list(b.audio_teacher),
                 "distill steps": b.distill_steps, "distill batch seconds": b.distill_batch_seconds, "distill lr": DISTILL_LR,
                 "distill min clip seconds": DISTILL_MIN_SECONDS,

@@ -29,6 +29,8 @@ def _scores(runs_dir: Path) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     df = df[df["split"] == "test"]
+    df = df[[b != SUPERB or t not in SUPERB_TASKS or SUPERB_TASKS[t].metric == m
+             for b, t, m in zip(df["benchmark"], df["task"], df["metric"])]]  # SF also logs slot-value CER
     df = df.sort_values("date").groupby(["model", "benchmark", "task"], as_index=False).last()
     return df.pivot(index="model", columns=["benchmark", "task"], values="score")
 

@@ -10,15 +10,18 @@ config files under configs/ are never edited.
 | KS   | speech_commands | speech_commands_v0.01/, speech_commands_test_set_v0.01/                          |
 | IC   | fluent_commands | data/{train,valid,test}_data.csv and the wavs they name                          |
 | SID  | voxceleb1       | */wav/idXXXXX/..., iden_split.txt                                                |
-| ER   | emotion         | IEMOCAP_full_release (Session1..5/), meta_data/ from s3prl's IEMOCAP_preprocess  |
+| ER   | emotion         | IEMOCAP_full_release: Session1..5/ (meta_data/ is made with s3prl's own          |
+|      |                 | IEMOCAP_preprocess.py into the run directory when ROOT has none)                 |
 | ASR  | asr             | LibriSpeech + char.dict, len_for_bucket/                                         |
 | SD   | diarization     | train/, dev/, test/ Kaldi-style data dirs (wav.scp, segments, utt2spk, ...)      |
-| SF   | ctc (snips)     | Audio SNIPS: train/valid/test audio + csv, slots.txt, character.txt               |
-| ASV  | sv_voxceleb1    | dev/wav, test/wav, dev_speaker_ids.txt, dev_meta_data.txt, voxceleb1_test_v2.txt |
+| SF   | ctc (snips)     | Audio SNIPS: train/valid/test/*.wav, all.iob.snips.txt, slots.txt, character.txt  |
+| ASV  | sv_voxceleb1    | dev/wav, test/wav, voxceleb1_test_v2.txt                                         |
+| QbE  | quesst14_dtw    | quesst14Database: Audio/, {dev,eval}_queries/, scoring/ (lists and ground truth)  |
 
 Short runs (`--steps N`, or `--quick` = Recipe.quick_steps: PR 30, KS 40, IC 40, SID 12, ER/ASR/SD/SF/
 ASV 30) change only the runner's step counts (total, eval, save, log) through `-o`; every
-SUPERB hyperparameter stays as in the config.
+SUPERB hyperparameter stays as in the config. QbE trains nothing (DTW on frozen features of one
+layer at a time; qbe.py), so it has no steps.
 """
 from __future__ import annotations
 
@@ -61,8 +64,29 @@ def _sid(root: Path, expdir: Path) -> dict[str, object]:
     }
 
 
+def iemocap_meta_data(root: Path, out_dir: Path) -> Path:
+    """meta_data/Session{n}/{train,test}_meta_data.json by s3prl's own IEMOCAP_preprocess.py (the
+    step its ER recipe asks for), written to out_dir so that the dataset folder stays read-only."""
+    sessions = sorted(p.name for p in root.glob("Session*") if (p / "dialog" / "EmoEvaluation").is_dir())
+    if not sessions:
+        raise ValueError(f"{root}: no Session*/dialog/EmoEvaluation label folders (IEMOCAP_full_release layout)")
+    from usad_upstream.compat import patch_s3prl
+
+    patch_s3prl()
+    from s3prl.downstream.emotion.IEMOCAP_preprocess import preprocess
+
+    for i, session in enumerate(sessions):
+        target = out_dir / session
+        target.mkdir(parents=True, exist_ok=True)
+        if not (target / "test_meta_data.json").is_file():
+            preprocess(str(root), sessions[:i] + sessions[i + 1:], str(target / "train_meta_data.json"))
+            preprocess(str(root), [session], str(target / "test_meta_data.json"))
+    return out_dir
+
+
 def _er(root: Path, expdir: Path) -> dict[str, object]:
-    return {f"{DE}.datarc.root": root, f"{DE}.datarc.meta_data": _first("ER meta_data", root / "meta_data")}
+    meta = root / "meta_data" if (root / "meta_data").is_dir() else iemocap_meta_data(root, expdir / "er_meta_data")
+    return {f"{DE}.datarc.root": root, f"{DE}.datarc.meta_data": meta}
 
 
 LIBRISPEECH_SPLITS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
@@ -120,12 +144,25 @@ def _sf(root: Path, expdir: Path) -> dict[str, object]:
 
 
 def _asv(root: Path, expdir: Path) -> dict[str, object]:
+    _first("ASV training speakers", root / "dev" / "wav")
+    _first("ASV test speakers", root / "test" / "wav")
+    trials = _first("ASV test trials", root / "voxceleb1_test_v2.txt", root / "veri_test2.txt")
+    # s3prl trains on every speaker folder of dev/wav and never reads train_meta_data; it reads
+    # dev_meta_data as trials but never evaluates dev (eval_dataloaders is empty: its dev scoring
+    # would use the test trials), so files s3prl's repository ships for those keys are optional.
     return {
         f"{DE}.datarc.file_path": root,
-        f"{DE}.datarc.train_meta_data": _first("ASV training speakers", root / "dev_speaker_ids.txt"),
-        f"{DE}.datarc.dev_meta_data": _first("ASV dev trials", root / "dev_meta_data.txt"),
-        f"{DE}.datarc.test_meta_data": _first("ASV test trials", root / "voxceleb1_test_v2.txt"),
+        f"{DE}.datarc.train_meta_data": _first("ASV training list", root / "dev_speaker_ids.txt", trials),
+        f"{DE}.datarc.dev_meta_data": _first("ASV dev trials", root / "dev_meta_data.txt", trials),
+        f"{DE}.datarc.test_meta_data": trials,
     }
+
+
+def _qbe(root: Path, expdir: Path) -> dict[str, object]:
+    for name in ("language_key_utterances.lst", "language_key_dev.lst", "language_key_eval.lst",
+                 "groundtruth_quesst14_dev", "groundtruth_quesst14_eval"):
+        _first(f"QbE {name}", root / "scoring" / name)
+    return {f"{DE}.datarc.dataset_root": root}
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,7 @@ class Recipe:
     test_split: str = "test"
     # Checkpoint names s3prl's expert gives its best-dev model; empty: no dev selection (ASV).
     best_names: tuple[str, ...] = ("dev-best.ckpt",)
+    trains: bool = True  # QbE: no downstream training (qbe.py runs its stages)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -155,6 +193,8 @@ RECIPES: dict[str, Recipe] = {
                ("best-states-dev.ckpt",)),
         Recipe("SF", "ctc", CONFIG_DIR / "sf.yaml", _sf, f"{DE}.corpus.num_workers", 30),
         Recipe("ASV", "sv_voxceleb1", CONFIG_DIR / "asv.yaml", _asv, f"{DE}.datarc.num_workers", 30, "test", ()),
+        Recipe("QbE", "quesst14_dtw", CONFIG_DIR / "qbe.yaml", _qbe, f"{DE}.datarc.num_workers", 0, "eval", (),
+               trains=False),
     )
 }
 
@@ -162,13 +202,15 @@ RECIPES: dict[str, Recipe] = {
 def get_recipe(task: str) -> Recipe:
     key = task.upper() if task.upper() != "QBE" else "QbE"
     if key not in RECIPES:
-        raise ValueError(f"unknown SUPERB task {task!r}; choose one of {', '.join(RECIPES)} "
-                         "(QbE needs the QUESST scoring tools and has no recipe here)")
+        raise ValueError(f"unknown SUPERB task {task!r}; choose one of {', '.join(RECIPES)}")
     return RECIPES[key]
 
 
 def step_overrides(recipe: Recipe, steps: int) -> dict[str, object]:
-    """Short runs for smoke tests and CPU: fewer steps, at least two dev evaluations."""
+    """Short runs for smoke tests and CPU: fewer steps, at least two dev evaluations. A task
+    without training (QbE) has no steps to shorten."""
+    if not recipe.trains:
+        return {}
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     every = max(1, steps // 4) if recipe.best_names else max(1, steps // 2)

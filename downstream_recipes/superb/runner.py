@@ -232,7 +232,7 @@ def run_superb(run: SuperbRun) -> Path:
     expdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.pop("TQDM_DISABLE", None)  # s3prl counts its training steps on a tqdm bar: disabled, it never stops
-    if recipe.task == "SID":
+    if recipe.task in ("SID", "ASV"):
         env[CACHE_ENV] = str(expdir / "s3prl_cache")
     if run.trust_remote_code:
         from usad_upstream.release import TRUST_ENV
@@ -257,11 +257,20 @@ def run_superb(run: SuperbRun) -> Path:
                 stages.set(name, "interrupted")
                 raise
             if rc != 0:
-                stages.set(name, "failed", error=f"exit status {rc}; see {log}")
+                cause = s3prl_logs.failure_line(log)
+                stages.set(name, "failed", error=f"exit status {rc}: {cause}; see {log}")
                 if not run.verbose:
                     print(f"--- last lines of {log}:\n{_tail(log)}\n---", file=sys.stderr, flush=True)
-                raise RecipeError(f"SUPERB {recipe.task} {name} stage failed (exit status {rc}); see {log}; "
+                raise RecipeError(f"SUPERB {recipe.task} {name} stage failed (exit status {rc}): {cause}; see {log}; "
                                   f"fix it and run the same command again (finished stages are kept)")
+
+    if not recipe.trains:  # QbE: DTW per layer on dev, the best layer on eval (qbe.py)
+        from .qbe import run_qbe
+
+        base = [*entry, "-m", "evaluate", "-u", run.upstream, *(["-k", ckpt] if ckpt else []), "-d", recipe.expert, "-c", str(recipe.config),
+                "-p", str(expdir), "-o", overrides, *device]
+        run_qbe(run, stages, stage, base, env, train_log, test_log)
+        return expdir
 
     if stages.status("train") != "done":
         if any(expdir.glob("states-*.ckpt")):

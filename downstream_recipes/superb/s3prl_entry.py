@@ -3,10 +3,12 @@ only the SUPERB experts need (the shared compat layer covers what every s3prl us
 
 - `catalyst` (undeclared s3prl dependency of the speech_commands expert, for one class): when it
   is not installed, `catalyst.data.sampler.DistributedSamplerWrapper` is provided here;
-- the `libriphone` corpus for PR, missing from the s3prl wheel (see libriphone.py);
-- s3prl's voxceleb1 loader caches its file lists in the *package* directory under a name that
-  depends only on the split, so a second SID corpus would silently reuse the first one's lists;
-  with USAD_S3PRL_CACHE set, the cache lives in that (per-run) directory instead.
+- the `libriphone` (PR) and `snips` (SF) corpora of the ctc expert, missing from the s3prl wheel
+  (see ctc_corpus.py);
+- s3prl's voxceleb1 (SID) and sv_voxceleb1 (ASV) loaders cache file lists / trimmed lengths in
+  the *package* directory under names that depend only on the split, so a second corpus would
+  silently reuse the first one's lists; with USAD_S3PRL_CACHE set, both caches live in that
+  (per-run) directory instead.
 
 Arguments are run_downstream's, unchanged.
 """
@@ -55,19 +57,28 @@ def provide_catalyst_sampler() -> bool:
     return True
 
 
+def redirect_caches(cache: str) -> None:
+    """Point s3prl's SID and ASV dataset caches at `cache` (see the module docstring)."""
+    import s3prl.downstream.sv_voxceleb1.dataset as asv_dataset
+    import s3prl.downstream.voxceleb1.dataset as sid_dataset
+
+    sid_dataset.CACHE_PATH = os.path.join(cache, "")
+    # sv_voxceleb1 derives its cache folder from the module's __file__: <dir of __file__>/.wav_lengths
+    os.makedirs(os.path.join(cache, "sv_voxceleb1"), exist_ok=True)
+    asv_dataset.__file__ = os.path.join(cache, "sv_voxceleb1", "dataset.py")
+
+
 def main() -> None:
     from usad_upstream.compat import patch_s3prl
 
     patch_s3prl()
     provide_catalyst_sampler()
-    from . import libriphone
+    from . import ctc_corpus
 
-    libriphone.install()
+    ctc_corpus.install()
     cache = os.environ.get(CACHE_ENV)
     if cache:
-        import s3prl.downstream.voxceleb1.dataset as sid_dataset
-
-        sid_dataset.CACHE_PATH = os.path.join(cache, "")
+        redirect_caches(cache)
     from downstream_recipes.run_downstream import main as run_downstream_main
 
     run_downstream_main()
