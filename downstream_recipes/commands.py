@@ -16,6 +16,8 @@ from pathlib import Path
 
 
 def _superb_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .superb.recipes import get_recipe
     from .superb.runner import SuperbRun, run_superb
 
@@ -28,8 +30,9 @@ def _superb_run(args: argparse.Namespace) -> int:
         device=args.device, steps=steps, workers=args.workers, override=args.override,
         feature_cache_mb=args.feature_cache_mb,
     )
-    expdir = run_superb(run)
-    print(f"SUPERB {run.recipe.task} done: {expdir}")
+    for seed in args.seed or [None]:
+        expdir = run_superb(replace(run, seed=seed))
+        print(f"SUPERB {run.recipe.task} done: {expdir}")
     return 0
 
 
@@ -45,7 +48,7 @@ def _hear_run(args: argparse.Namespace) -> int:
     run = HearRun(
         module=args.module, tasks_dir=Path(args.tasks_dir), model=Path(args.model) if args.model else None,
         runs_dir=Path(args.runs_dir), name=args.name, grid=args.grid, grid_points=args.grid_points, tasks=tuple(args.task or ()),
-        model_options=options,
+        model_options=options, seeds=tuple(args.seed or ()),
     )
     run_dir = run_hear(run)
     print(f"HEAR done: {run_dir}")
@@ -81,6 +84,9 @@ def add_hear_run(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--model-options", default="{}", help="JSON kwargs for load_model, as heareval's option")
     p.add_argument("--runs-dir", default="runs", help="root of run directories (default: runs)")
     p.add_argument("--name", help="run name (default: <module>-<checkpoint stem>)")
+    p.add_argument("--seed", type=int, action="append", metavar="N",
+                   help="seed of heareval's probes instead of its fixed 42 (repeatable: the embeddings are computed "
+                        "once, each seed's predictions go to RUN/seed-N/)")
     p.set_defaults(func=_hear_run)
 
 
@@ -117,6 +123,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--feature-cache-mb", type=_megabytes, default=0.0, metavar="MB",
                    help="usad / usad_teacher upstreams: compute each file's features once and keep up to MB "
                         "megabytes of them in memory (small corpora, frozen upstream; default 0: off)")
+    p.add_argument("--seed", type=int, action="append", metavar="N",
+                   help="run_downstream's --seed (its default: 1337); repeatable: one run per seed in NAME/seed-N/")
     p.set_defaults(func=_superb_run)
 
     p = sub.add_parser("leaderboard", help="collect SUPERB/HEAR runs into CSV, Markdown, HTML and PNG leaderboards")

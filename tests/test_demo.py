@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from downstream_recipes.demo.pipeline import MODELS, QUICK
+from downstream_recipes.demo.pipeline import DECIDING, HEAREVAL_SEED, MODELS, QUICK, S3PRL_SEED
+from results.intervals import INCONCLUSIVE, MET, MISSED
+from results.items import hear_outcomes, superb_outcomes
 
 
 def _demo(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
@@ -38,9 +40,28 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     gaps = test_rows[test_rows["score"].isna()]
     assert gaps["status"].fillna("").str.len().gt(0).all(), gaps
 
+    # the models a target compares ran QUICK.probe_seeds seeds, the others the tools' default one
+    seeds = test_rows.groupby(["model", "benchmark", "task"])["seed"].apply(lambda s: sorted(s.dropna().astype(int)))
+    for (model, benchmark, _), got in seeds.items():
+        base = S3PRL_SEED if benchmark == "SUPERB" else HEAREVAL_SEED
+        assert got == [base + k for k in range(QUICK.probe_seeds if model in DECIDING else 1)], (model, got)
+    # every test score is given back by the per-item predictions the tools wrote (real files of
+    # s3prl's ctc and speech_commands experts and of heareval's scene and event tasks)
+    for row in test_rows[test_rows["score"].notna()].itertuples(index=False):
+        found = (superb_outcomes(Path(row.run_path), row.task) if row.benchmark == "SUPERB" else hear_outcomes(Path(row.run_path)))
+        assert found is not None and found.score == pytest.approx(row.score, abs=1e-3), row
+
     report = json.loads((results / "targets.json").read_text())
-    assert len(report["targets"]) == 3 and all(v in (True, False, None) for v in report["targets"].values())
+    verdicts = (MET, MISSED, INCONCLUSIVE, None)
+    assert len(report["targets"]) == 3 and all(v in verdicts for v in report["targets"].values())
     assert {r["task"] for r in report["tasks"]} == set(QUICK.superb_steps) | set(QUICK.hear_tasks)
+    for task in report["tasks"]:  # the seeds, the interval and the verdict of each task
+        assert task["verdict"] in verdicts and task["seeds"] == [task["seeds"][0] + k for k in range(QUICK.probe_seeds)]
+        assert task["ratio"]["low"] <= task["ratio"]["value"] <= task["ratio"]["high"]
+    assert report["dev"]["split"] == "dev" and len(report["dev"]["tasks"]) == len(report["tasks"])
+    summary = pd.read_csv(results / "leaderboard_summary.csv")
+    student = summary[(summary["model"] == "usad_student") & (summary["split"] == "test")]
+    assert set(student["resampled"]) <= {"seeds x items", "seeds x groups of items"}, student
     md = (results / "leaderboard.md").read_text()
     assert "## Targets" in md and "usad_student" in md
     for teacher, fmt in (("speech_teacher.ckpt", b"PK"), ("audio_teacher.ckpt", b"PK")):
@@ -50,6 +71,9 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert "are shorter than" not in (run_dir / "logs" / "distill.log").read_text()
 
     first_times = json.loads((run_dir / "timings.json").read_text())
+    cpu = first_times["stage CPU seconds"]
+    assert set(cpu) == set(first_times["stage seconds"]) and all(cpu[s] > 0 for s in cpu), cpu
+    assert first_times["machine"]["cpu"] and first_times["machine"]["torch"]
 
     second = _demo(run_dir, results)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -60,6 +84,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     skipped = second_times["stages done by an earlier invocation"]
     assert set(skipped) == set(first_times["stage seconds"]) - {"leaderboard"}
     assert all(second_times["stage seconds"][s] == first_times["stage seconds"][s] > 0 for s in skipped)
+    assert all(second_times["stage CPU seconds"][s] == cpu[s] for s in skipped)
     assert second_times["this invocation's seconds"] < first_times["this invocation's seconds"]
 
 

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import textwrap
 from pathlib import Path
 
@@ -13,10 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import yaml
 
 from downstream_recipes.hear.runner import HearRun, run_hear
 from downstream_recipes.superb.runner import SuperbRun, run_superb
 from results.collect import collect
+from results.items import hear_outcomes, superb_outcomes
 from results.published import load_published
 from results.render import render
 
@@ -112,28 +115,51 @@ def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Pat
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_speech_commands(tmp_path / "ks")
     runs = tmp_path / "runs"
-    for upstream, ckpt in (("usad", tiny_checkpoint), ("fbank", None)):
+    # usad with s3prl's default seed, fbank with two seeds of its own (one run directory each)
+    for upstream, ckpt, seed in (("usad", tiny_checkpoint, None), ("fbank", None, 5), ("fbank", None, 6)):
         run = SuperbRun(task="KS", upstream=upstream, upstream_ckpt=ckpt, data=data, runs_dir=runs, steps=2,
-                        workers=0, override="config.downstream_expert.datarc.batch_size=4")
+                        workers=0, override="config.downstream_expert.datarc.batch_size=4", seed=seed)
         expdir = run_superb(run)
         assert (expdir / "usad_test.log").read_text().count("test acc:") == 1
+        assert expdir.name == (f"seed-{seed}" if seed is not None else "usad-tiny")
+        args = yaml.safe_load(next(expdir.glob("args_*.yaml")).read_text())
+        assert args["seed"] == (seed if seed is not None else 1337)  # what run_downstream was given
 
     make_hear_task(tmp_path / "tasks")
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "bands_module.py").write_text(BANDS_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "")  # set by the predictions runner; restored after the test
     run_hear(HearRun(module="hear_api", model=tiny_checkpoint, tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster"))
-    run_hear(HearRun(module="bands_module", tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster"))
+    bands = run_hear(HearRun(module="bands_module", tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster", seeds=(3, 4)))
+    # one embedding pass, then each seed's predictions beside links to it
+    assert (bands / "embeddings" / "bands_module" / "tones-v1-full" / ".done.embeddings").exists()
+    assert not (bands / "embeddings" / "bands_module" / "tones-v1-full" / "test.predicted-scores.json").exists()
+    for seed in (3, 4):
+        seeded = bands / f"seed-{seed}" / "tones-v1-full"
+        assert (seeded / "test.embeddings.npy").is_symlink() and (seeded / "test.predicted-scores.json").is_file()
+    assert os.environ["PL_GLOBAL_SEED"] == "4"  # heareval's seed_everything(42) ran with the last seed
 
     measured = collect(runs)
-    test = measured[measured["split"] == "test"].set_index(["benchmark", "model"])["score"]
-    assert set(test.index) == {("SUPERB", "usad-tiny"), ("SUPERB", "fbank"), ("HEAR", "hear_api-tiny"),
-                               ("HEAR", "bands_module")}
-    assert test.notna().all() and ((test >= 0) & (test <= 100)).all()
+    test = measured[measured["split"] == "test"]
+    assert set(zip(test["benchmark"], test["model"], test["seed"])) == {
+        ("SUPERB", "usad-tiny", 1337), ("SUPERB", "fbank", 5), ("SUPERB", "fbank", 6), ("HEAR", "hear_api-tiny", 42),
+        ("HEAR", "bands_module", 3), ("HEAR", "bands_module", 4)}
+    assert test["score"].notna().all() and ((test["score"] >= 0) & (test["score"] <= 100)).all()
+    # each run's per-item predictions give back its logged score
+    for row in test.itertuples(index=False):
+        found = (superb_outcomes(Path(row.run_path), "KS") if row.benchmark == "SUPERB" else hear_outcomes(Path(row.run_path)))
+        assert found is not None and found.score == pytest.approx(row.score, abs=1e-4), row
     paths = render(measured, load_published(), tmp_path / "board")
     table = pd.read_csv(paths["csv"])
     assert (table["source"] == "measured here").sum() == len(measured)
+    summary = pd.read_csv(paths["summary"]).set_index(["benchmark", "model", "split"])
+    fbank = summary.loc[("SUPERB", "fbank", "test")]
+    # the four test clips have four speakers (test<k>_nohash_0.wav): no two items share a group
+    assert fbank["seeds"] == "5 6" and fbank["resampled"] == "seeds x items" and fbank["low"] <= fbank["score"] <= fbank["high"]
+    assert fbank["score"] == pytest.approx(test[(test["model"] == "fbank")]["score"].mean())
+    assert summary.loc[("HEAR", "bands_module", "test")]["resampled"] == "seeds x items"
     md = paths["md"].read_text()
     for model in ("usad-tiny", "fbank", "hear_api-tiny", "bands_module", "USAD Base"):
         assert model in md

@@ -1,8 +1,10 @@
 """HEAR over a tasks directory with heareval's own runners: embeddings, then predictions, per task.
 
 Run directory: <runs>/hear/<name>/
-  usad_run.json                         manifest: model, checkpoint hash, status of every task
+  usad_run.json                         manifest: model, checkpoint hash, seeds, status of every task
   embeddings/<module>[-options]/<task>/ heareval's embeddings + test.predicted-scores.json
+  seed-<N>/<task>/                      with seeds: links to that task's embeddings, and the
+                                        predictions of heareval's probes seeded with N
 heareval itself skips finished work (`.done.embeddings`, `prediction-done.json`), so a rerun
 resumes where it stopped. A task that fails is recorded and the next task still runs; the run
 then ends with an error naming the failed tasks. Any HEAR 2021 module works (hear_api with a
@@ -11,8 +13,11 @@ USAD checkpoint, hearbaseline's wrappers, ...).
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from results.manifest import file_hash, now, owner, read_manifest, write_manifest
 from results.tasks import HEAR
@@ -35,6 +40,9 @@ class HearRun:
     grid_points: int = 8  # heareval's --grid-points: how many points of the grid are tried
     tasks: tuple[str, ...] = ()  # task directory names; empty: every task in tasks_dir
     model_options: dict = field(default_factory=dict)
+    # Seeds of heareval's probes, which it otherwise fixes at 42 (seed_everything(42): the probe's
+    # initial weights, its dropout and which points of the grid are tried). Empty: heareval's own.
+    seeds: tuple[int, ...] = ()
 
     @property
     def model_name(self) -> str:
@@ -53,6 +61,45 @@ class HearRun:
 
         options = "".join(f"-{slugify(str(k))}={slugify(str(v))}" for k, v in self.model_options.items())
         return f"embeddings/{self.module}{options}"
+
+    def predictions_dir(self, task: str, seed: "int | None") -> Path:
+        """Where heareval's predictions runner writes its outputs for `task` (and `seed`)."""
+        if seed is None:
+            return self.run_dir / self.embeddings_subdir / task
+        return self.run_dir / f"seed-{seed}" / task
+
+
+# What heareval's predictions runner writes into a task directory; the rest is embeddings.
+PREDICTION_OUTPUTS = ("prediction-done.json", "test.predicted-scores.json", "prediction.log")
+
+
+def link_embeddings(embedded: Path, target: Path) -> None:
+    """A task directory for one seed's predictions: links to the embedding runner's files."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in embedded.iterdir():
+        link = target / path.name
+        if path.is_file() and path.name not in PREDICTION_OUTPUTS and not path.name.endswith(".predictions.pkl") \
+                and not link.exists():
+            os.symlink(os.path.relpath(path, target), link)
+
+
+@contextmanager
+def heareval_seed(seed: "int | None") -> Iterator[None]:
+    """heareval's predictions runner with `seed` where it calls seed_everything(42)."""
+    if seed is None:
+        yield
+        return
+    from usad_upstream.compat import patch_heareval
+
+    patch_heareval()  # before heareval's modules are imported
+    from heareval.predictions import task_predictions
+
+    fixed = task_predictions.seed_everything
+    task_predictions.seed_everything = lambda _seed, workers=False: fixed(seed, workers=workers)
+    try:
+        yield
+    finally:
+        task_predictions.seed_everything = fixed
 
 
 def task_dirs(tasks_dir: Path, only: tuple[str, ...] = ()) -> list[Path]:
@@ -115,6 +162,7 @@ def run_hear(run: HearRun) -> Path:
                     "checkpoint": str(Path(run.model).resolve()) if run.model else None,
                     "checkpoint_hash": ckpt_hash, "tasks_dir": str(Path(run.tasks_dir).resolve()),
                     "embeddings_dir": run.embeddings_subdir, "grid": run.grid, "grid_points": run.grid_points, "created": now(), "tasks": {}}
+    manifest["seeds"] = sorted(set(manifest.get("seeds") or ()) | set(run.seeds))
     for task_dir in tasks:
         manifest["tasks"].setdefault(task_dir.name, _task_info(task_dir))
 
@@ -127,7 +175,9 @@ def run_hear(run: HearRun) -> Path:
     out_root = run_dir / run.embeddings_subdir
     for task_dir in tasks:
         info = manifest["tasks"][task_dir.name]
-        if info["status"] == "done" and (out_root / task_dir.name / "test.predicted-scores.json").is_file():
+        todo = [seed for seed in (run.seeds or (None,))
+                if not (run.predictions_dir(task_dir.name, seed) / "test.predicted-scores.json").is_file()]
+        if info["status"] == "done" and not todo:
             continue
         info.update(status="running", started=now(), error="")
         save()
@@ -139,12 +189,16 @@ def run_hear(run: HearRun) -> Path:
             rc = run_embeddings_runner(embed_args)
             if rc != 0:
                 raise RuntimeError(f"heareval embeddings runner exit status {rc}")
-            rc = run_predictions_runner([str(out_root / task_dir.name), "--grid", run.grid,
-                                         "--grid-points", str(run.grid_points)])
-            if rc != 0:
-                raise RuntimeError(f"heareval predictions runner exit status {rc}")
-            if not (out_root / task_dir.name / "test.predicted-scores.json").is_file():
-                raise RuntimeError("the predictions runner wrote no test.predicted-scores.json")
+            for seed in todo:
+                target = run.predictions_dir(task_dir.name, seed)
+                if seed is not None:
+                    link_embeddings(out_root / task_dir.name, target)
+                with heareval_seed(seed):
+                    rc = run_predictions_runner([str(target), "--grid", run.grid, "--grid-points", str(run.grid_points)])
+                if rc != 0:
+                    raise RuntimeError(f"heareval predictions runner exit status {rc}{f' (seed {seed})' if seed is not None else ''}")
+                if not (target / "test.predicted-scores.json").is_file():
+                    raise RuntimeError(f"the predictions runner wrote no test.predicted-scores.json in {target}")
             info.update(status="done", finished=now())
         except KeyboardInterrupt:
             info.update(status="interrupted")

@@ -1,6 +1,7 @@
 """One SUPERB task, end to end, through s3prl's own run_downstream: train -> select -> test.
 
-Run directory: <runs>/superb/<TASK>/<name>/ is s3prl's experiment directory, plus
+Run directory: <runs>/superb/<TASK>/<name>/ (with a seed: <name>/seed-<N>/) is s3prl's experiment
+directory, plus
   usad_run.json   manifest (model, checkpoint hash, stage status) read by `usad leaderboard`
   usad_train.log  everything run_downstream printed while training
   usad_test.log   the evaluation of the selected checkpoint(s) on the test split
@@ -45,6 +46,7 @@ class SuperbRun:
     workers: "int | None" = None
     override: "str | None" = None  # extra s3prl -o text, appended last
     feature_cache_mb: float = 0.0  # usad/usad_teacher upstreams: per-file feature cache budget
+    seed: "int | None" = None  # run_downstream's --seed (None: its default, 1337)
     python: str = sys.executable
 
     @property
@@ -59,7 +61,8 @@ class SuperbRun:
 
     @property
     def expdir(self) -> Path:
-        return (Path(self.runs_dir) / "superb" / self.recipe.task / self.model_name).resolve()
+        base = Path(self.runs_dir) / "superb" / self.recipe.task / self.model_name
+        return (base if self.seed is None else base / f"seed-{self.seed}").resolve()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -134,7 +137,7 @@ def _open_manifest(run: SuperbRun, ckpt_hash: str) -> dict:
         "benchmark": SUPERB, "task": run.recipe.task, "model": run.model_name, "upstream": run.upstream,
         "checkpoint": str(run.upstream_ckpt.resolve()) if run.upstream_ckpt else None, "checkpoint_hash": ckpt_hash,
         "data": str(Path(run.data).resolve()), "config": str(run.recipe.config), "steps": run.steps,
-        "created": now(), "stages": {s: {"status": "pending"} for s in STAGES},
+        "seed": run.seed, "created": now(), "stages": {s: {"status": "pending"} for s in STAGES},
     }
 
 
@@ -207,6 +210,8 @@ def run_superb(run: SuperbRun) -> Path:
         else:
             cmd = [*entry, "-m", "train", "-u", run.upstream, "-d", recipe.expert, "-c", str(recipe.config),
                    "-p", str(expdir), "-o", overrides, *device]
+            if run.seed is not None:  # a resumed run keeps the seed its checkpoint recorded
+                cmd += ["--seed", str(run.seed)]
             if run.upstream_ckpt:
                 cmd += ["-k", str(Path(run.upstream_ckpt).resolve())]
         stage("train", [cmd], train_log)
