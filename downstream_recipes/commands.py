@@ -28,7 +28,7 @@ def _superb_run(args: argparse.Namespace) -> int:
         task=args.task, upstream=args.upstream, data=Path(args.data), runs_dir=Path(args.runs_dir),
         upstream_ckpt=Path(args.upstream_ckpt) if args.upstream_ckpt else None, name=args.name,
         device=args.device, steps=steps, workers=args.workers, override=args.override,
-        feature_cache_mb=args.feature_cache_mb,
+        feature_cache_mb=args.feature_cache_mb, evaluate_dev=args.evaluate_dev,
     )
     for seed in args.seed or [None]:
         expdir = run_superb(replace(run, seed=seed))
@@ -125,6 +125,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                         "megabytes of them in memory (small corpora, frozen upstream; default 0: off)")
     p.add_argument("--seed", type=int, action="append", metavar="N",
                    help="run_downstream's --seed (its default: 1337); repeatable: one run per seed in NAME/seed-N/")
+    p.add_argument("--evaluate-dev", action="store_true",
+                   help="also evaluate the selected checkpoint on the dev split (per-item dev predictions in best-dev/)")
     p.set_defaults(func=_superb_run)
 
     p = sub.add_parser("leaderboard", help="collect SUPERB/HEAR runs into CSV, Markdown, HTML and PNG leaderboards")

@@ -4,8 +4,9 @@
   (speech_commands, voxceleb1: `file label`) or `<split>_predict.csv` / `<split>_truth.csv`
   (fluent_commands: `file,action,object,location`) at every evaluation; the ctc expert (PR)
   writes `<split>-hyp.ark` / `<split>-ref.ark` (`file phone phone ...`). The recipe's test stage
-  evaluates the best-dev checkpoint, so the test files are that checkpoint's. The dev files are
-  those of the LAST dev evaluation during training, not of the best one, so they are not read.
+  evaluates the best-dev checkpoint, so the test files are that checkpoint's. The dev files s3prl
+  leaves in the experiment directory are those of the LAST dev evaluation during training, not of
+  the best one, so dev outcomes are read only from `best-dev/` (`usad superb run --evaluate-dev`).
 - heareval's predictions runner pickles `<test split>.predictions.pkl`: for scene tasks the
   targets and predictions as two [items x labels] arrays in the order of its embeddings memmap
   (heareval shuffles the files with random.Random(0), replayed here and checked against the
@@ -30,6 +31,7 @@ from . import s3prl_logs
 from .intervals import Outcomes
 
 NOHASH = "_nohash_"
+BEST_DEV_DIR = "best-dev"  # downstream_recipes.superb.runner.BEST_DEV_DIR (results never imports the recipes)
 
 
 class ItemsError(ValueError):
@@ -74,7 +76,8 @@ def _fluent_groups(expdir: Path, split: str) -> "dict[str, str] | None":
 
 def superb_outcomes(expdir: Path, task: str, split: str = "test") -> "Outcomes | None":
     """Per-item outcomes of a SUPERB run's `split` evaluation, or None when the files are absent."""
-    expdir = Path(expdir)
+    run_dir = Path(expdir)
+    expdir = run_dir / BEST_DEV_DIR if split == "dev" else run_dir
     if task == "PR":
         hyp, ref = expdir / f"{split}-hyp.ark", expdir / f"{split}-ref.ark"
         if not (hyp.is_file() and ref.is_file()):
@@ -106,7 +109,7 @@ def superb_outcomes(expdir: Path, task: str, split: str = "test") -> "Outcomes |
     elif task == "SID":  # s3prl's id: <speaker>-<session>-<n>
         groups = tuple(i.rsplit("-", 1)[0] for i in ids)
     else:
-        speakers = _fluent_groups(expdir, split)
+        speakers = _fluent_groups(run_dir, split)
         if speakers is not None and all(i in speakers for i in ids):
             groups = tuple(speakers[i] for i in ids)
     return Outcomes(tuple(ids), correct, np.ones(len(ids)), groups)

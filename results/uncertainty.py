@@ -37,12 +37,12 @@ def latest_per_seed(measured: pd.DataFrame) -> pd.DataFrame:
 def row_outcomes(row: pd.Series) -> "Outcomes | None":
     """The per-item outcomes behind one measured row, when its run left them and they give its score."""
     path = row.get("run_path")
-    if not isinstance(path, str) or not path or pd.isna(row["score"]) or row["split"] != "test":
-        return None  # the tools keep per-item dev predictions of the last evaluation, not of the best
-    if row["benchmark"] == SUPERB:
-        found = items.superb_outcomes(Path(path), str(row["task"]), "test")
-    else:
-        found = items.hear_outcomes(Path(path), "test")
+    if not isinstance(path, str) or not path or pd.isna(row["score"]):
+        return None
+    if row["benchmark"] == SUPERB:  # dev: only the best checkpoint's (usad superb run --evaluate-dev)
+        found = items.superb_outcomes(Path(path), str(row["task"]), str(row["split"]))
+    else:  # heareval keeps test predictions only
+        found = items.hear_outcomes(Path(path), "test") if row["split"] == "test" else None
     if found is None or abs(found.score - float(row["score"])) > TOLERANCE:
         return None
     return found

@@ -168,3 +168,15 @@ def test_stages_needing_unknown_or_each_other_are_refused(tmp_path: Path) -> Non
         demo.run_stages([Stage("distill", _py("pass"), needs=("teachers",))])
     with pytest.raises(ValueError, match="wait on each other: \\['a', 'b'\\]"):
         demo.run_stages([Stage("a", _py("pass"), needs=("b",)), Stage("b", _py("pass"), needs=("a",))])
+
+
+def test_projected_time_schedules_cpu_seconds_as_the_pipeline_does(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import Stage
+
+    stages = [Stage("a", []), Stage("b", []), Stage("c", [], needs=("a",)), Stage("d", [], needs=("b", "c"))]
+    seconds = {"a": 3.0, "b": 5.0, "c": 4.0, "d": 1.0}
+    # two cores: a and b from 0, c from 3 (a done) to 7, d from 7 to 8
+    assert _stages_demo(tmp_path / "two", jobs=2)[0].projected_seconds(stages, seconds) == 8.0
+    # one core: a 0-3, then b (listed before c) 3-8, c 8-12, d 12-13
+    assert _stages_demo(tmp_path / "one", jobs=1)[0].projected_seconds(stages, seconds) == 13.0
+    assert _stages_demo(tmp_path / "gap", jobs=2)[0].projected_seconds(stages, {**seconds, "d": None}) is None

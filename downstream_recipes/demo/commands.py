@@ -6,12 +6,14 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import Demo
+    from .pipeline import MODELS, Demo
 
     suffix = "-quick" if args.quick else ""
     run_dir = Path(args.run_dir or f"runs/demo{suffix}")
     results = Path(args.results or (run_dir / "leaderboard" if args.quick else "results/demo"))
-    paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs, emulate_cpu=args.emulate_cpu)()
+    paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs, emulate_cpu=args.emulate_cpu,
+                 distill_overrides=tuple(args.distill_override or ()), models=tuple(args.model or MODELS),
+                 evaluate_dev=args.evaluate_dev)()
     print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -63,6 +65,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one CPU thread each (default 2; 1: one at a time, all threads)")
     p.add_argument("--emulate-cpu", choices=["avx2"], help="run as a CPU without AVX-512 would: ATen, oneDNN and MKL "
                    "capped at AVX2 and the distillation in fp32 (a stand-in for a second machine)")
+    p.add_argument("--distill-override", action="append", metavar="KEY=VALUE",
+                   help="an experiment on the recipe: a dotted override of the distillation config "
+                        "(e.g. teachers.speech.target=hidden_states; repeatable; recorded in the results)")
+    p.add_argument("--model", action="append", help="evaluate only this model (repeatable; default: all five)")
+    p.add_argument("--evaluate-dev", action="store_true",
+                   help="SUPERB probes also predict the dev split with their selected checkpoint (per-item dev intervals)")
     p.set_defaults(func=_run)
     p = inner.add_parser("compare", help="the verdicts of full runs on several machines side by side")
     p.add_argument("targets", nargs="*", help="targets files (default: RESULTS/machines/*.json, one per machine)")

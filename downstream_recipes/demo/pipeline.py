@@ -176,7 +176,8 @@ class Demo:
 
     def __init__(self, run_dir: Path, results_dir: Path, quick: bool = False, force: bool = False,
                  jobs: int = 2, python: str = sys.executable, log: Callable[[str], None] = print,
-                 emulate_cpu: "str | None" = None) -> None:
+                 emulate_cpu: "str | None" = None, distill_overrides: tuple[str, ...] = (),
+                 models: tuple[str, ...] = MODELS, evaluate_dev: bool = False) -> None:
         self.run = Path(run_dir).resolve()
         self.results = Path(results_dir).resolve()
         self.quick, self.force, self.jobs, self.python, self.say = quick, force, max(1, jobs), python, log
@@ -186,6 +187,13 @@ class Demo:
         self.emulated = EMULATED_CPUS.get(emulate_cpu or "", {})  # environment of every stage
         # bf16 autocast, as the paper trains, where the CPU does bf16 in hardware
         self.distill_precision = "bf16" if native_bf16_cpu() and not self.emulated else "fp32"
+        # An experiment on the recipe: dotted overrides of the distillation config (recorded with
+        # the results), the models to evaluate, and per-item dev predictions of the SUPERB probes.
+        self.distill_overrides, self.evaluate_dev = tuple(distill_overrides), evaluate_dev
+        unknown = sorted(set(models) - set(MODELS))
+        if unknown or not models:
+            raise ValueError(f"--model: unknown model(s) {unknown or models}; choose from {list(MODELS)}")
+        self.eval_models = tuple(m for m in MODELS if m in models)
         self.corpora = self.run / "corpora"
         self.models = self.run / "models"
         self.logs = self.run / "logs"
@@ -323,6 +331,26 @@ class Demo:
                     errors.append(error)
         return errors
 
+    def projected_seconds(self, stages: list[Stage], seconds: "dict[str, float | None]") -> "float | None":
+        """Wall time of `stages` on an idle machine with `jobs` cores: each stage's measured CPU
+        seconds (one thread each) scheduled as run_stages schedules them. On a shared machine the
+        wall clock measures the neighbours too; this is what the demo itself costs. None when a
+        stage has no CPU time recorded."""
+        if any(seconds.get(s.name) is None for s in stages):
+            return None
+        pending, running, done, now = list(stages), [], set(), 0.0  # running: (end time, name)
+        while pending or running:
+            for stage in [s for s in pending if set(s.needs) <= done]:
+                if len(running) < self.jobs:
+                    pending.remove(stage)
+                    running.append((now + float(seconds[stage.name] or 0.0), stage.name))
+            if not running:
+                raise ValueError(f"demo stages wait on each other: {[s.name for s in pending]}")
+            now, name = min(running)
+            running.remove((now, name))
+            done.add(name)
+        return now
+
     # ------------------------------------------------------------------ stages
     def write_specs(self) -> dict[str, Path]:
         """Teacher spec files read by the `usad_teacher` s3prl upstream and `hear_api.teacher`."""
@@ -370,6 +398,10 @@ class Demo:
                       "device": "cpu", "precision": self.distill_precision, "log_every": max(1, self.budget.distill_steps // 20),
                       "ckpt_every": max(1, self.budget.distill_steps // 4), "keep_last": 1, "seed": 0},
         }
+        from usad_upstream.distill.config import apply_override
+
+        for override in self.distill_overrides:
+            apply_override(config, override)
         path = self.models / "distill.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
@@ -414,7 +446,7 @@ class Demo:
         runs = self.run / "eval"
         hear, superb = [], []
         for task, steps in b.superb_steps.items():
-            for model in MODELS:
+            for model in self.eval_models:
                 if model == "fbank":
                     upstream: list[object] = ["--upstream", "fbank"]
                 elif model == "usad_student":
@@ -428,10 +460,11 @@ class Demo:
                 cmd = self.usad("superb", "run", "--task", task, *upstream, "--data", self.corpora / SUPERB_DATA[task],
                                 "--name", model, "--runs-dir", runs, "--steps", steps, "--workers", 0,
                                 "--device", "cpu", "--override", ",,".join(overrides),
-                                "--feature-cache-mb", SUPERB_FEATURE_CACHE_MB, *seeds)
+                                "--feature-cache-mb", SUPERB_FEATURE_CACHE_MB, *seeds,
+                                *(["--evaluate-dev"] if self.evaluate_dev else []))
                 superb.append(Stage(f"superb-{task}-{model}", cmd, clean=[runs / "superb" / task / model],
                                     needs=needs[model], essential=False))
-        for model in MODELS:
+        for model in self.eval_models:
             if model == "usad_student":
                 module: list[object] = ["--module", "hear_api", "--model", student]
             else:
@@ -465,6 +498,7 @@ class Demo:
                 "distill min clip seconds": DISTILL_MIN_SECONDS,
                 "distill precision": self.distill_precision,
                 "distill speech share (the paper's Mix126k-B)": round(PAPER_SPEECH_SHARE, 4),
+                "distill overrides (an experiment)": list(self.distill_overrides),
                 "SUPERB steps": b.superb_steps, "SUPERB feature cache MB": SUPERB_FEATURE_CACHE_MB,
                 "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate,
                 "HEAR grid": f"{b.hear_grid} ({b.hear_grid_points} points)",
@@ -473,6 +507,7 @@ class Demo:
                                 "other models": [S3PRL_SEED, HEAREVAL_SEED]},
                 "machine": machine(self.emulated),
                 "invocation seconds": round(time.time() - self.began, 1), "stages done by an earlier invocation": self.reused,
+                f"projected seconds on an idle {self.jobs}-core machine": self.projected_seconds(self.stage_list, self.cpu_seconds),
                 "stage seconds": self.timings, "stage CPU seconds": self.cpu_seconds}
 
     def __call__(self) -> dict[str, Path]:
@@ -481,10 +516,13 @@ class Demo:
         for d in (self.corpora, self.models, self.logs, self.done):
             d.mkdir(parents=True, exist_ok=True)
         self.began = time.time()
-        errors = self.run_stages(self.stages())
+        stages = self.stage_list = self.stages()
+        errors = self.run_stages(stages)
         paths = self.leaderboard()
         total = round(time.time() - self.began, 1)
+        projected = self.projected_seconds(stages, self.cpu_seconds)
         record = {"stage seconds": self.timings, "stage CPU seconds": self.cpu_seconds, "this invocation's seconds": total,
+                  f"projected seconds on an idle {self.jobs}-core machine": None if projected is None else round(projected, 1),
                   "stages done by an earlier invocation": self.reused, "machine": machine(self.emulated)}
         atomic_write(self.run / "timings.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
         self.say(f"[demo] finished in {total / 60:.1f} min; leaderboard: {paths['md']}")

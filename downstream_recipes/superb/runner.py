@@ -5,6 +5,8 @@ directory, plus
   usad_run.json   manifest (model, checkpoint hash, stage status) read by `usad leaderboard`
   usad_train.log  everything run_downstream printed while training
   usad_test.log   the evaluation of the selected checkpoint(s) on the test split
+  best-dev/       with --evaluate-dev: the selected checkpoint's predictions on the dev split (the
+                  dev files s3prl writes while training are those of its last evaluation)
 Stages that are done are skipped on rerun; an interrupted training resumes from s3prl's newest
 states-*.ckpt (`-e`). Any upstream s3prl knows works (usad -k CKPT, fbank, wavlm_local -k ...).
 """
@@ -27,6 +29,7 @@ from .recipes import Recipe, format_overrides, get_recipe, step_overrides, unkno
 from .s3prl_entry import CACHE_ENV
 
 STAGES = ("train", "select", "test")
+BEST_DEV_DIR = "best-dev"
 
 
 class RecipeError(ValueError):
@@ -47,6 +50,7 @@ class SuperbRun:
     override: "str | None" = None  # extra s3prl -o text, appended last
     feature_cache_mb: float = 0.0  # usad/usad_teacher upstreams: per-file feature cache budget
     seed: "int | None" = None  # run_downstream's --seed (None: its default, 1337)
+    evaluate_dev: bool = False  # also evaluate the selected checkpoint on dev, into BEST_DEV_DIR
     python: str = sys.executable
 
     @property
@@ -168,6 +172,12 @@ def _selected(run: SuperbRun) -> list[Path]:
     return states[-1:]
 
 
+def dev_split(recipe: Recipe) -> "str | None":
+    """The dev split the expert selects on, read from its best-checkpoint name (dev-best.ckpt)."""
+    name = recipe.best_names[0] if recipe.best_names else ""
+    return name[: -len("-best.ckpt")] if name.endswith("-best.ckpt") else None
+
+
 def run_superb(run: SuperbRun) -> Path:
     """Train, select and test one task; returns the experiment directory."""
     recipe = run.recipe
@@ -239,4 +249,20 @@ def run_superb(run: SuperbRun) -> Path:
             stages.set("test", "failed", error=f"no test {spec.metric} line in {test_log}")
             raise RecipeError(f"SUPERB {recipe.task}: the test stage printed no {spec.metric} score; see {test_log}")
         stages.set("test", "done", score=scores.test * spec.scale, dev_score=None if scores.dev is None else scores.dev * spec.scale)
+
+    if run.evaluate_dev and stages.manifest.get("best_dev") != "done":
+        split = dev_split(recipe)
+        if split is None:
+            raise ValueError(f"--evaluate-dev: SUPERB {recipe.task} selects no checkpoint on a dev split")
+        out = expdir / BEST_DEV_DIR
+        out.mkdir(exist_ok=True)
+        chosen = expdir / stages.manifest["stages"]["select"]["checkpoints"][0]
+        cmd = [*entry, "-m", "evaluate", "-e", str(chosen), "-t", split, "-o",
+               f"{format_overrides({'args.expdir': out})},,{overrides}", *device]
+        rc = _stream(cmd, out / "usad_dev.log", env)
+        if rc != 0:
+            raise RecipeError(f"SUPERB {recipe.task}: evaluating {chosen.name} on {split} failed (exit status {rc}); "
+                              f"see {out / 'usad_dev.log'}")
+        stages.manifest["best_dev"] = "done"
+        write_manifest(expdir, stages.manifest)
     return expdir
