@@ -180,3 +180,68 @@ def test_projected_time_schedules_cpu_seconds_as_the_pipeline_does(tmp_path: Pat
     # one core: a 0-3, then b (listed before c) 3-8, c 8-12, d 12-13
     assert _stages_demo(tmp_path / "one", jobs=1)[0].projected_seconds(stages, seconds) == 13.0
     assert _stages_demo(tmp_path / "gap", jobs=2)[0].projected_seconds(stages, {**seconds, "d": None}) is None
+
+
+def test_emulated_cpu_experiments_and_model_subsets_reach_the_stages(tmp_path: Path) -> None:
+    import yaml
+
+    from downstream_recipes.demo.pipeline import EMULATED_CPUS, Demo, Stage
+
+    demo = Demo(tmp_path / "run", tmp_path / "results", emulate_cpu="avx2", models=("usad_student",),
+                distill_overrides=("teachers.speech.target=hidden_states",), evaluate_dev=True)
+    for d in (demo.corpora, demo.models, demo.logs, demo.done):
+        d.mkdir(parents=True)
+    assert demo.distill_precision == "fp32" and demo.emulated == EMULATED_CPUS["avx2"]
+    evals = [s for s in demo.stages() if s.name.startswith(("superb-", "hear-"))]
+    assert {s.name.split("-")[-1] for s in evals} == {"usad_student"}
+    assert all("--evaluate-dev" in s.command for s in evals if s.name.startswith("superb-"))
+    # the stage's environment carries the capped instruction sets
+    probe = Stage("probe", _py("import os; print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['ONEDNN_MAX_CPU_ISA'])"))
+    demo.run_stages([probe])
+    assert (demo.logs / "probe.log").read_text().splitlines()[-1] == "avx2 AVX2"
+    (demo.corpora / "pool").mkdir()
+    (demo.corpora / "pool" / "manifest.tsv").write_text("path\tnum_samples\tsample_rate\tdomain\n")
+    from unittest import mock
+
+    with mock.patch("downstream_recipes.demo.pipeline.teacher_training_audio", return_value=demo.models / "seen.tsv"):
+        config = yaml.safe_load(Demo(tmp_path / "run", tmp_path / "results", quick=True,
+                                     distill_overrides=("teachers.speech.target=hidden_states",)).distill_config().read_text())
+    assert config["teachers"]["speech"]["target"] == "hidden_states" and config["teachers"]["audio"]["target"] == "ffn"
+    with pytest.raises(ValueError, match="unknown model"):
+        Demo(tmp_path / "run", tmp_path / "results", models=("wavlm",))
+    with pytest.raises(ValueError, match="--emulate-cpu"):
+        Demo(tmp_path / "run", tmp_path / "results", emulate_cpu="sse")
+
+
+def _targets_file(path: Path, cpu: str, verdict: str, emulated: "dict | None" = None) -> Path:
+    ratio = {"value": 0.95, "low": 0.91 if verdict == "MET" else 0.85, "high": 1.01, "level": 0.95, "seeds": [1337, 1338, 1339]}
+    record = {"settings": {"distill precision": "fp32" if emulated else "bf16", "invocation seconds": 1800.0,
+                           "machine": {"cpu": cpu, "cores": 2, "isa flags": ["avx2", "avx512f", "avx512_bf16"],
+                                       "emulated": emulated or {}, "torch": "2.13.0"}},
+              "tasks": [{"benchmark": "SUPERB", "task": "IC", "rule": "student >= 0.9 x teacher", "ratio": ratio, "verdict": verdict}],
+              "targets": {"speech: ...": verdict, "audio: ...": "MET"}}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_compare_puts_machines_side_by_side(tmp_path: Path) -> None:
+    from downstream_recipes.demo.machines import compare, record_name
+
+    a = _targets_file(tmp_path / "a.json", "AMD EPYC 9R14", "MET")
+    b = _targets_file(tmp_path / "b.json", "AMD EPYC 9R14", "INCONCLUSIVE", emulated={"ATEN_CPU_CAPABILITY": "avx2"})
+    settings = json.loads(b.read_text())["settings"]
+    assert record_name(json.loads(a.read_text())["settings"]) == "amd-epyc-9r14-avx512-bf16"
+    assert record_name(settings) == "amd-epyc-9r14-emulated-avx2-fp32"
+    text = compare([a, b])
+    assert "| speech: ... | MET | INCONCLUSIVE | not on every machine |" in text
+    assert "| audio: ... | MET | MET | MET |" in text
+    assert "| SUPERB IC | student >= 0.9 x teacher | 0.950 [0.910, 1.010] MET | 0.950 [0.850, 1.010] INCONCLUSIVE |" in text
+    with pytest.raises(ValueError, match="not a demo targets file"):
+        compare([a, _json_without_targets(tmp_path / "c.json")])
+    with pytest.raises(ValueError, match="no targets files"):
+        compare([])
+
+
+def _json_without_targets(path: Path) -> Path:
+    path.write_text(json.dumps({"tasks": []}))
+    return path
