@@ -245,3 +245,18 @@ def test_compare_puts_machines_side_by_side(tmp_path: Path) -> None:
 def _json_without_targets(path: Path) -> Path:
     path.write_text(json.dumps({"tasks": []}))
     return path
+
+
+@pytest.mark.timeout(60)
+def test_a_resumed_run_starts_what_finished_stages_unblock_first(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import Stage
+
+    demo, said = _stages_demo(tmp_path, jobs=1)
+    teacher = Stage("teacher", _py("pass"))
+    demo.run_stages([teacher])  # an earlier invocation trained the teacher
+    said.clear()
+    # "distill" is listed first but needs "teacher", which is only found done in this invocation;
+    # it must still start before "baseline", which needs nothing
+    demo.run_stages([teacher, Stage("distill", _py("pass"), needs=("teacher",)), Stage("baseline", _py("pass"))])
+    started = [line.split(":")[0].removeprefix("[demo] ") for line in said if "running" in line]
+    assert started == ["distill", "baseline"]

@@ -103,6 +103,7 @@ def measure_features(run: Path, work: Path, count: int) -> dict:
     spec = {"usad_student": {"kind": "usad", "path": str(models / "usad_student.safetensors"), "target": "hidden_states"},
             "speech_teacher": {"kind": "atst_frame", "path": str(models / "speech_teacher.ckpt"), "target": "hidden_states"},
             "audio_teacher": {"kind": "atst_frame", "path": str(models / "audio_teacher.ckpt"), "target": "hidden_states"}}
+    spec = {name: entry for name, entry in spec.items() if Path(entry["path"]).is_file()}  # the student comes last
     spec_file, files_file = work / "models.json", work / "files.json"
     spec_file.write_text(json.dumps(spec))
     files_file.write_text(json.dumps(_test_files(run, count)))
@@ -215,8 +216,8 @@ def measure_probes(run: Path, work: Path) -> dict:
 def run_repro(args: argparse.Namespace) -> int:
     """`usad demo repro` (its options: downstream_recipes/demo/commands.py)."""
     run = Path(args.run_dir).resolve()
-    if not (run / "models" / "usad_student.safetensors").is_file():
-        raise ValueError(f"{run}: no demo models (models/usad_student.safetensors); run `usad demo run` first")
+    if not (run / "models" / "distill.yaml").is_file():
+        raise ValueError(f"{run}: no demo teachers and distillation config (models/distill.yaml); run `usad demo run` first")
     work = Path(args.work or run / "repro").resolve()
     work.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine({}), "settings": SETTINGS}
