@@ -24,6 +24,8 @@ def _scores(run_dir: Path) -> None:
 
 
 def _superb_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .superb.recipes import get_recipe
     from .superb.runner import RecipeError, SuperbRun, run_superb
 
@@ -35,14 +37,17 @@ def _superb_run(args: argparse.Namespace) -> int:
         upstream_ckpt=Path(args.upstream_ckpt) if args.upstream_ckpt else None, name=args.name,
         device=args.device, steps=steps, workers=args.workers, override=args.override,
         feature_cache_mb=args.feature_cache_mb, trust_remote_code=args.trust_remote_code, verbose=args.verbose,
+        evaluate_dev=args.evaluate_dev,
     )
-    try:
-        expdir = run_superb(run)
-    except RecipeError:
-        _scores(run.expdir)
-        raise
-    print(f"SUPERB {run.recipe.task} done: {expdir}")
-    _scores(expdir)
+    for seed in args.seed or [None]:
+        seeded = replace(run, seed=seed)
+        try:
+            expdir = run_superb(seeded)
+        except RecipeError:
+            _scores(seeded.expdir)
+            raise
+        print(f"SUPERB {run.recipe.task} done: {expdir}")
+        _scores(expdir)
     return 0
 
 
@@ -58,7 +63,7 @@ def _hear_run(args: argparse.Namespace) -> int:
     run = HearRun(
         module=args.module, tasks_dir=Path(args.tasks_dir), model=Path(args.model) if args.model else None,
         runs_dir=Path(args.runs_dir), name=args.name, grid=args.grid, grid_points=args.grid_points, tasks=tuple(args.task or ()),
-        model_options=options, trust_remote_code=args.trust_remote_code, verbose=args.verbose,
+        model_options=options, trust_remote_code=args.trust_remote_code, verbose=args.verbose, seeds=tuple(args.seed or ()),
     )
     try:
         run_dir = run_hear(run)
@@ -103,6 +108,9 @@ def add_hear_run(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--name", help="run name (default: the SUPERB name of the same checkpoint, e.g. usad-<checkpoint "
                                   "stem> for hear_api)")
     p.add_argument("--verbose", action="store_true", help="stream heareval's output (always in RUN_DIR/usad_hear.log)")
+    p.add_argument("--seed", type=int, action="append", metavar="N",
+                   help="seed of heareval's probes instead of its fixed 42 (repeatable: the embeddings are computed "
+                        "once, each seed's predictions go to RUN/seed-N/)")
     p.set_defaults(func=_hear_run)
 
 
@@ -143,6 +151,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--feature-cache-mb", type=_megabytes, default=0.0, metavar="MB",
                    help="usad / usad_teacher upstreams: compute each file's features once and keep up to MB "
                         "megabytes of them in memory (small corpora, frozen upstream; default 0: off)")
+    p.add_argument("--seed", type=int, action="append", metavar="N",
+                   help="run_downstream's --seed (its default: 1337); repeatable: one run per seed in NAME/seed-N/")
+    p.add_argument("--evaluate-dev", action="store_true",
+                   help="also evaluate the selected checkpoint on the dev split (per-item dev predictions in best-dev/)")
     p.set_defaults(func=_superb_run)
 
     p = sub.add_parser("leaderboard", help="collect SUPERB/HEAR runs into CSV, Markdown, HTML and PNG leaderboards")

@@ -8,6 +8,10 @@ Finds (anywhere below RUNS_DIR):
   tasks a recipe manifest lists that have not produced anything yet.
 A task with no test score still gets a row (score NaN) whose status says why: running,
 interrupted, failed, no predictions, ...
+
+Runs with several probe seeds give one row per seed (column `seed`: the seed the tool used, its
+default when none was asked for: s3prl's 1337, heareval's 42); `run_path` is the directory that
+holds the run's per-item predictions (results.items).
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from . import heareval_scores, s3prl_logs
 from .manifest import MANIFEST, checkpoint_hash, read_manifest, run_status
 from .published import COLUMNS, MEASURED
 from .tasks import HEAR, SUPERB, SUPERB_TASKS, superb_task_for_expert
+
+S3PRL_DEFAULT_SEED = 1337  # run_downstream's --seed default
+HEAREVAL_SEED = 42  # heareval's predictions runner: seed_everything(42)
 
 
 def _mtime_date(paths: list[Path]) -> str:
@@ -72,6 +79,8 @@ def _superb_rows(expdir: Path, runs_dir: Path) -> list[dict]:
         [expdir / "log.log", expdir / s3prl_logs.TEST_LOG, *expdir.glob("events.out.tfevents.*")]
     )
     run_id = expdir.relative_to(runs_dir).as_posix()
+    seed = (manifest or {}).get("seed")
+    seed = seed if seed is not None else args.get("seed", S3PRL_DEFAULT_SEED)
     rows = []
     primary = s3prl_logs.select_scores(obs, spec.metric, spec.higher_is_better)
     for metric, higher in spec.metrics:
@@ -88,12 +97,13 @@ def _superb_rows(expdir: Path, runs_dir: Path) -> list[dict]:
             if split == "dev" and value is None and (status == "unknown" or not spec.has_dev):
                 continue  # no dev score expected: not a gap
             rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=SUPERB, task=task, metric=metric,
-                             split=split, score=score, run_id=run_id, date=date, source=MEASURED, status=row_status))
+                             split=split, score=score, run_id=run_id, date=date, source=MEASURED, status=row_status,
+                             seed=seed, run_path=str(expdir)))
     return rows
 
 
 def _hear_rows(task_dir: Path, model: str, ckpt_hash: str, run_status_: str, run_id: str, date: str,
-               failed: bool = False) -> list[dict]:
+               failed: bool = False, seed: int = HEAREVAL_SEED) -> list[dict]:
     res = heareval_scores.read_task_dir(task_dir)
     rows = []
     for split, value in (("dev", res.dev), ("test", res.test)):
@@ -104,32 +114,37 @@ def _hear_rows(task_dir: Path, model: str, ckpt_hash: str, run_status_: str, run
             score = float("nan")
         rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=HEAR, task=res.task, metric=res.metric,
                          split=split, score=score, run_id=run_id, date=date or _mtime_date(
-                             [task_dir / heareval_scores.SCORES_FILE]), source=MEASURED, status=status))
+                             [task_dir / heareval_scores.SCORES_FILE]), source=MEASURED, status=status,
+                         seed=seed, run_path=str(task_dir)))
     return rows
 
 
 def _hear_run_rows(run_dir: Path, manifest: dict, runs_dir: Path, seen: set[Path]) -> list[dict]:
-    """A HEAR recipe run: its embeddings directory plus the tasks it has not reached yet."""
+    """A HEAR recipe run: its embeddings directory (or, with seeds, each seed's predictions
+    directory) plus the tasks it has not reached yet."""
     emb = (run_dir / str(manifest.get("embeddings_dir", "embeddings"))).resolve()
     model = str(manifest.get("model", ""))
     ckpt_hash = str(manifest.get("checkpoint_hash", "") or "")
     status = run_status(manifest)
     date = str(manifest.get("updated", ""))[:10]
-    run_id = run_dir.relative_to(runs_dir).as_posix()
+    seeds = [int(s) for s in manifest.get("seeds") or ()]
     rows = []
     for name, info in sorted((manifest.get("tasks") or {}).items()):
-        task_dir = emb / name
-        seen.add(task_dir)
+        seen.add(emb / name)
         failed = info.get("status") == "failed"
-        if (task_dir / "task_metadata.json").is_file():
-            rows += _hear_rows(task_dir, model, ckpt_hash, status, run_id, date, failed)
-            continue
-        task = heareval_scores.hear_task_name(name, str(info.get("task_name", name)))
-        gap = "failed" if failed else (status if status in ("running", "interrupted") else "missing")
-        for split in ("dev", "test"):
-            rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=HEAR, task=task,
-                             metric=str(info.get("metric", "")), split=split, score=float("nan"),
-                             run_id=run_id, date=date, source=MEASURED, status=gap))
+        places = [(run_dir / f"seed-{s}" / name, s) for s in seeds] or [(emb / name, HEAREVAL_SEED)]
+        for task_dir, seed in places:
+            seen.add(task_dir)
+            run_id = task_dir.parent.relative_to(runs_dir).as_posix() if seeds else run_dir.relative_to(runs_dir).as_posix()
+            if (task_dir / "task_metadata.json").is_file():
+                rows += _hear_rows(task_dir, model, ckpt_hash, status, run_id, date, failed, seed)
+                continue
+            task = heareval_scores.hear_task_name(name, str(info.get("task_name", name)))
+            gap = "failed" if failed else (status if status in ("running", "interrupted") else "missing")
+            for split in ("dev", "test"):
+                rows.append(_row(model=model, checkpoint_hash=ckpt_hash, benchmark=HEAR, task=task,
+                                 metric=str(info.get("metric", "")), split=split, score=float("nan"),
+                                 run_id=run_id, date=date, source=MEASURED, status=gap, seed=seed))
     return rows
 
 
@@ -153,6 +168,7 @@ def collect(runs_dir: "str | Path") -> pd.DataFrame:
                                path.parent.relative_to(runs_dir).as_posix(), "")
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["score"] = df["score"].astype(float)
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
     return df
 
 

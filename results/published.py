@@ -13,7 +13,10 @@ from .scores import sota_per_task
 from .tasks import HEAR, HEAR_LEADERBOARD_ALIASES, HEAR_TASKS, SUPERB, SUPERB_PUBLISHED_COLUMNS, SUPERB_TASKS
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
-COLUMNS = ["model", "checkpoint_hash", "benchmark", "task", "metric", "split", "score", "run_id", "date", "source", "status"]
+# seed: the probe's seed (measured rows); run_path: the directory whose files made the score
+# (results.items reads its per-item predictions from there).
+COLUMNS = ["model", "checkpoint_hash", "benchmark", "task", "metric", "split", "score", "run_id", "date", "source", "status",
+           "seed", "run_path"]
 PUBLISHED = "published"
 MEASURED = "measured here"
 

@@ -2,7 +2,9 @@
 
 Measured rows and published rows are always labelled as such ("measured here" / "published").
 A task that was started but has no test score shows its status in place of a number
-("— running", "— failed", ...); a task never started is left empty.
+("— running", "— failed", ...); a task never started is left empty. A measured number is the
+mean over its probe seeds, with its 95% interval in brackets when there is one to show (several
+seeds, or per-item predictions: results.uncertainty); the chart draws the intervals as error bars.
 """
 from __future__ import annotations
 
@@ -15,25 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .published import MEASURED, PUBLISHED, superb_baselines
+from .published import COLUMNS, MEASURED, PUBLISHED, superb_baselines
 from .scores import hear_average, superb_score
 from .tasks import HEAR, HEAR_OFFICIAL, SUPERB, SUPERB_TASKS
+from .uncertainty import summarise
 
 # Published models drawn in the chart next to the measured ones (all stay in the tables).
 CHART_PUBLISHED = {SUPERB: ("FBANK", "WavLM Base+", "USAD Base"), HEAR: ("WavLM Base+", "ATST-Frame", "USAD Base")}
 FBANK_NAMES = ("fbank",)
-
-
-def latest_measured(measured: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, checkpoint, benchmark, task, split): the newest run with a score,
-    else the newest attempt (so a gap still shows why it is a gap)."""
-    if measured.empty:
-        return measured
-    df = measured.copy()
-    df["_has"] = df["score"].notna()
-    df = df.sort_values(["_has", "date", "run_id"])
-    keys = ["model", "checkpoint_hash", "benchmark", "task", "metric", "split"]
-    return df.groupby(keys, as_index=False, sort=False).tail(1).drop(columns="_has").reset_index(drop=True)
 
 
 def _labels(measured: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -66,6 +57,7 @@ class Board:
     title: str
     table: pd.DataFrame  # display strings
     numbers: pd.DataFrame  # floats (NaN for gaps), same shape over the task columns
+    bounds: dict[tuple[str, str], tuple[float, float]]  # (model label, task) -> 95% interval, where shown
     tasks: list[str]
     attempted: list[str]  # tasks with a measured row (a score or a gap)
     notes: list[str]
@@ -79,7 +71,7 @@ def _fmt(x: float, task: str) -> str:
 def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame, official: bool = True) -> "Board | None":
     """The wide table of one benchmark. HEAR tasks outside the official 19 (local corpora) go to
     their own board (official=False), which has no published rows to compare with."""
-    m = latest_measured(measured[(measured["benchmark"] == benchmark) & (measured["split"] == "test")])
+    m = summarise(measured[(measured["benchmark"] == benchmark) & (measured["split"] == "test")])
     p = published[(published["benchmark"] == benchmark) & (published["split"] == "test")]
     if benchmark == HEAR:
         m = m[m["task"].isin(HEAR_OFFICIAL) == official]
@@ -94,6 +86,7 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
     tasks = _task_order(benchmark, set(m["task"]) | set(p["task"]))
     labels = _labels(m) if not m.empty else {}
     rows, nums = [], []
+    bounds: dict[tuple[str, str], tuple[float, float]] = {}
     notes: list[str] = []
     fbank_pub, sota = superb_baselines()
     fbank_meas = {}
@@ -128,6 +121,9 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
         for rec in sub.itertuples(index=False):
             if pd.notna(rec.score):
                 cells[rec.task], values[rec.task] = _fmt(rec.score, rec.task), float(rec.score)
+                if rec.resampled != "seeds only" or len(rec.seeds.split()) > 1:
+                    cells[rec.task] += f" [{_fmt(rec.low, rec.task)}, {_fmt(rec.high, rec.task)}]"
+                    bounds[(label, rec.task)] = (float(rec.low), float(rec.high))
             else:
                 cells[rec.task] = f"— {rec.status}"
         add(label, MEASURED, cells, values)
@@ -144,9 +140,12 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
         notes.append("Measured numbers on local corpora are not comparable with published numbers on the real datasets.")
     else:
         notes.append("HEAR average = mean primary score (x100) over the tasks each row has; the paper averages 19 tasks.")
+    if bounds:
+        notes.append("Measured: mean over probe seeds [95% interval: percentile bootstrap over seeds x test items "
+                     "(x voices where the dataset names them)]; `leaderboard_summary.csv` says what each resampled.")
     attempted = [t for t in tasks if t in set(m["task"])]
     title = benchmark if official else f"{benchmark}: other tasks (measured here only)"
-    return Board(benchmark, title, pd.DataFrame(rows), pd.DataFrame(nums), tasks, attempted, notes)
+    return Board(benchmark, title, pd.DataFrame(rows), pd.DataFrame(nums), bounds, tasks, attempted, notes)
 
 
 def runs_table(measured: pd.DataFrame) -> pd.DataFrame:
@@ -193,9 +192,12 @@ def chart_png(boards: list[Board]) -> bytes:
             values = [rec[t] for t in tasks]
             xs = [j + i * width for j in range(len(tasks))]
             measured = rec["Source"] == MEASURED
-            ax.bar(xs, [0 if pd.isna(v) else v for v in values], width,
-                   label=f"{rec['Model']} ({MEASURED if measured else PUBLISHED})",
-                   hatch=None if measured else "//", alpha=1.0 if measured else 0.6)
+            heights = [0 if pd.isna(v) else v for v in values]
+            spans = [board.bounds.get((rec["Model"], t)) if measured else None for t in tasks]
+            errors = [[h - s[0] if s else 0 for h, s in zip(heights, spans)], [s[1] - h if s else 0 for h, s in zip(heights, spans)]]
+            ax.bar(xs, heights, width, label=f"{rec['Model']} ({MEASURED if measured else PUBLISHED})",
+                   hatch=None if measured else "//", alpha=1.0 if measured else 0.6,
+                   yerr=errors if any(spans) else None, capsize=2, error_kw={"elinewidth": 0.8})
             cells = board.table.iloc[int(nums.index[i])]
             for x, t in zip(xs, tasks):
                 cell = str(cells[_task_header(board.benchmark, t)])
@@ -203,7 +205,7 @@ def chart_png(boards: list[Board]) -> bytes:
                     ax.text(x, 0, cell.lstrip("— "), ha="center", va="bottom", fontsize=7, rotation=90)
         ax.set_xticks([j + (len(nums) - 1) * width / 2 for j in range(len(tasks))])
         ax.set_xticklabels([_task_header(board.benchmark, t) for t in tasks], rotation=20, ha="right", fontsize=8)
-        ax.set_title(f"{board.title}: per-task scores")
+        ax.set_title(f"{board.title}: per-task scores" + (" (bars: 95% intervals)" if board.bounds else ""))
         ax.set_ylabel("score (%)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -238,9 +240,13 @@ def render(measured: pd.DataFrame, published: pd.DataFrame, out_dir: "str | Path
     """Write leaderboard.{csv,md,html,png} into out_dir; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tidy = pd.concat([f for f in (measured, published) if not f.empty] or [measured], ignore_index=True)
-    paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html"}
+    # all-empty columns (published rows have no seed) left out of the concat, then restored
+    frames = [f.dropna(axis=1, how="all") for f in (measured, published) if not f.empty]
+    tidy = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS) if frames else measured
+    paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html",
+             "summary": out / "leaderboard_summary.csv"}
     tidy.to_csv(paths["csv"], index=False)
+    summarise(measured).to_csv(paths["summary"], index=False)
     boards = [b for b in (build_board(SUPERB, measured, published), build_board(HEAR, measured, published),
                           build_board(HEAR, measured, published, official=False)) if b is not None]
     runs = runs_table(measured)

@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from downstream_recipes.demo.pipeline import MODELS, QUICK
+from downstream_recipes.demo.pipeline import DECIDING, HEAREVAL_SEED, MODELS, QUICK, S3PRL_SEED
+from results.intervals import INCONCLUSIVE, MET, MISSED
+from results.items import hear_outcomes, superb_outcomes
 
 
 def _demo(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
@@ -38,9 +40,28 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     gaps = test_rows[test_rows["score"].isna()]
     assert gaps["status"].fillna("").str.len().gt(0).all(), gaps
 
+    # the models a target compares ran QUICK.probe_seeds seeds, the others the tools' default one
+    seeds = test_rows.groupby(["model", "benchmark", "task"])["seed"].apply(lambda s: sorted(s.dropna().astype(int)))
+    for (model, benchmark, _), got in seeds.items():
+        base = S3PRL_SEED if benchmark == "SUPERB" else HEAREVAL_SEED
+        assert got == [base + k for k in range(QUICK.probe_seeds if model in DECIDING else 1)], (model, got)
+    # every test score is given back by the per-item predictions the tools wrote (real files of
+    # s3prl's ctc and speech_commands experts and of heareval's scene and event tasks)
+    for row in test_rows[test_rows["score"].notna()].itertuples(index=False):
+        found = (superb_outcomes(Path(row.run_path), row.task) if row.benchmark == "SUPERB" else hear_outcomes(Path(row.run_path)))
+        assert found is not None and found.score == pytest.approx(row.score, abs=1e-3), row
+
     report = json.loads((results / "targets.json").read_text())
-    assert len(report["targets"]) == 3 and all(v in (True, False, None) for v in report["targets"].values())
+    verdicts = (MET, MISSED, INCONCLUSIVE, None)
+    assert len(report["targets"]) == 3 and all(v in verdicts for v in report["targets"].values())
     assert {r["task"] for r in report["tasks"]} == set(QUICK.superb_steps) | set(QUICK.hear_tasks)
+    for task in report["tasks"]:  # the seeds, the interval and the verdict of each task
+        assert task["verdict"] in verdicts and task["seeds"] == [task["seeds"][0] + k for k in range(QUICK.probe_seeds)]
+        assert task["ratio"]["low"] <= task["ratio"]["value"] <= task["ratio"]["high"]
+    assert report["dev"]["split"] == "dev" and len(report["dev"]["tasks"]) == len(report["tasks"])
+    summary = pd.read_csv(results / "leaderboard_summary.csv")
+    student = summary[(summary["model"] == "usad_student") & (summary["split"] == "test")]
+    assert set(student["resampled"]) <= {"seeds x items", "seeds x groups of items"}, student
     md = (results / "leaderboard.md").read_text()
     assert "## Targets" in md and "usad_student" in md
     for teacher, fmt in (("speech_teacher.ckpt", b"PK"), ("audio_teacher.ckpt", b"PK")):
@@ -50,6 +71,9 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert "are shorter than" not in (run_dir / "logs" / "distill.log").read_text()
 
     first_times = json.loads((run_dir / "timings.json").read_text())
+    cpu = first_times["stage CPU seconds"]
+    assert set(cpu) == set(first_times["stage seconds"]) and all(cpu[s] > 0 for s in cpu), cpu
+    assert first_times["machine"]["cpu"] and first_times["machine"]["torch"]
 
     second = _demo(run_dir, results)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -60,6 +84,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     skipped = second_times["stages done by an earlier invocation"]
     assert set(skipped) == set(first_times["stage seconds"]) - {"leaderboard"}
     assert all(second_times["stage seconds"][s] == first_times["stage seconds"][s] > 0 for s in skipped)
+    assert all(second_times["stage CPU seconds"][s] == cpu[s] for s in skipped)
     assert second_times["this invocation's seconds"] < first_times["this invocation's seconds"]
 
 
@@ -169,3 +194,95 @@ def test_full_suite_adds_the_six_tasks_for_the_same_models(tmp_path: Path) -> No
     assert "RNNs.dim=[256,256]" in override and "config.optimizer.lr=" in override
     with pytest.raises(ValueError, match="unknown demo suite"):
         Demo(tmp_path / "c", tmp_path / "r", suite="everything")
+
+
+def test_projected_time_schedules_cpu_seconds_as_the_pipeline_does(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import Stage
+
+    stages = [Stage("a", []), Stage("b", []), Stage("c", [], needs=("a",)), Stage("d", [], needs=("b", "c"))]
+    seconds = {"a": 3.0, "b": 5.0, "c": 4.0, "d": 1.0}
+    # two cores: a and b from 0, c from 3 (a done) to 7, d from 7 to 8
+    assert _stages_demo(tmp_path / "two", jobs=2)[0].projected_seconds(stages, seconds) == 8.0
+    # one core: a 0-3, then b (listed before c) 3-8, c 8-12, d 12-13
+    assert _stages_demo(tmp_path / "one", jobs=1)[0].projected_seconds(stages, seconds) == 13.0
+    assert _stages_demo(tmp_path / "gap", jobs=2)[0].projected_seconds(stages, {**seconds, "d": None}) is None
+
+
+def test_emulated_cpu_experiments_and_model_subsets_reach_the_stages(tmp_path: Path) -> None:
+    import yaml
+
+    from downstream_recipes.demo.pipeline import EMULATED_CPUS, Demo, Stage
+
+    demo = Demo(tmp_path / "run", tmp_path / "results", emulate_cpu="avx2", models=("usad_student",),
+                distill_overrides=("teachers.speech.target=hidden_states",), evaluate_dev=True)
+    for d in (demo.corpora, demo.models, demo.logs, demo.done):
+        d.mkdir(parents=True)
+    assert demo.distill_precision == "fp32" and demo.emulated == EMULATED_CPUS["avx2"]
+    evals = [s for s in demo.stages() if s.name.startswith(("superb-", "hear-"))]
+    assert {s.name.split("-")[-1] for s in evals} == {"usad_student"}
+    assert all("--evaluate-dev" in s.command for s in evals if s.name.startswith("superb-"))
+    # the stage's environment carries the capped instruction sets
+    probe = Stage("probe", _py("import os; print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['ONEDNN_MAX_CPU_ISA'])"))
+    demo.run_stages([probe])
+    assert (demo.logs / "probe.log").read_text().splitlines()[-1] == "avx2 AVX2"
+    (demo.corpora / "pool").mkdir()
+    (demo.corpora / "pool" / "manifest.tsv").write_text("path\tnum_samples\tsample_rate\tdomain\n")
+    from unittest import mock
+
+    with mock.patch("downstream_recipes.demo.pipeline.teacher_training_audio", return_value=demo.models / "seen.tsv"):
+        config = yaml.safe_load(Demo(tmp_path / "run", tmp_path / "results", quick=True,
+                                     distill_overrides=("teachers.speech.target=hidden_states",)).distill_config().read_text())
+    assert config["teachers"]["speech"]["target"] == "hidden_states" and config["teachers"]["audio"]["target"] == "ffn"
+    with pytest.raises(ValueError, match="unknown model"):
+        Demo(tmp_path / "run", tmp_path / "results", models=("wavlm",))
+    with pytest.raises(ValueError, match="--emulate-cpu"):
+        Demo(tmp_path / "run", tmp_path / "results", emulate_cpu="sse")
+
+
+def _targets_file(path: Path, cpu: str, verdict: str, emulated: "dict | None" = None) -> Path:
+    ratio = {"value": 0.95, "low": 0.91 if verdict == "MET" else 0.85, "high": 1.01, "level": 0.95, "seeds": [1337, 1338, 1339]}
+    record = {"settings": {"distill precision": "fp32" if emulated else "bf16", "invocation seconds": 1800.0,
+                           "machine": {"cpu": cpu, "cores": 2, "isa flags": ["avx2", "avx512f", "avx512_bf16"],
+                                       "emulated": emulated or {}, "torch": "2.13.0"}},
+              "tasks": [{"benchmark": "SUPERB", "task": "IC", "rule": "student >= 0.9 x teacher", "ratio": ratio, "verdict": verdict}],
+              "targets": {"speech: ...": verdict, "audio: ...": "MET"}}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_compare_puts_machines_side_by_side(tmp_path: Path) -> None:
+    from downstream_recipes.demo.machines import compare, record_name
+
+    a = _targets_file(tmp_path / "a.json", "AMD EPYC 9R14", "MET")
+    b = _targets_file(tmp_path / "b.json", "AMD EPYC 9R14", "INCONCLUSIVE", emulated={"ATEN_CPU_CAPABILITY": "avx2"})
+    settings = json.loads(b.read_text())["settings"]
+    assert record_name(json.loads(a.read_text())["settings"]) == "amd-epyc-9r14-avx512-bf16"
+    assert record_name(settings) == "amd-epyc-9r14-emulated-avx2-fp32"
+    text = compare([a, b])
+    assert "| speech: ... | MET | INCONCLUSIVE | not on every machine |" in text
+    assert "| audio: ... | MET | MET | MET |" in text
+    assert "| SUPERB IC | student >= 0.9 x teacher | 0.950 [0.910, 1.010] MET | 0.950 [0.850, 1.010] INCONCLUSIVE |" in text
+    with pytest.raises(ValueError, match="not a demo targets file"):
+        compare([a, _json_without_targets(tmp_path / "c.json")])
+    with pytest.raises(ValueError, match="no targets files"):
+        compare([])
+
+
+def _json_without_targets(path: Path) -> Path:
+    path.write_text(json.dumps({"tasks": []}))
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_a_resumed_run_starts_what_finished_stages_unblock_first(tmp_path: Path) -> None:
+    from downstream_recipes.demo.pipeline import Stage
+
+    demo, said = _stages_demo(tmp_path, jobs=1)
+    teacher = Stage("teacher", _py("pass"))
+    demo.run_stages([teacher])  # an earlier invocation trained the teacher
+    said.clear()
+    # "distill" is listed first but needs "teacher", which is only found done in this invocation;
+    # it must still start before "baseline", which needs nothing
+    demo.run_stages([teacher, Stage("distill", _py("pass"), needs=("teacher",)), Stage("baseline", _py("pass"))])
+    started = [line.split(":")[0].removeprefix("[demo] ") for line in said if "running" in line]
+    assert started == ["distill", "baseline"]

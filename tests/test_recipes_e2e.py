@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -16,11 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import yaml
 
 from downstream_recipes.cli import main
 from downstream_recipes.hear.runner import LOG, HearRun, run_hear
 from downstream_recipes.superb.runner import SuperbRun, run_superb
 from results.collect import collect
+from results.items import hear_outcomes, superb_outcomes
 from results.published import load_published
 from results.render import render
 
@@ -125,13 +128,19 @@ def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Pat
     expdir = runs / "superb" / "KS" / "usad-tiny"
     assert "overall" in (expdir / "usad_train.log").read_text()
     assert (expdir / "usad_test.log").read_text().count("test acc:") == 1
-    run_superb(SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=runs, steps=2, workers=0,
-                         override="config.downstream_expert.datarc.batch_size=4"))
+    args = yaml.safe_load(next(expdir.glob("args_*.yaml")).read_text())
+    assert args["seed"] == 1337  # s3prl's default seed, what run_downstream was given
+    for seed in (5, 6):  # fbank with two seeds of its own (one run directory each)
+        seeded = run_superb(SuperbRun(task="KS", upstream="fbank", data=data, runs_dir=runs, steps=2, workers=0,
+                                      override="config.downstream_expert.datarc.batch_size=4", seed=seed))
+        assert seeded.name == f"seed-{seed}" and (seeded / "usad_test.log").read_text().count("test acc:") == 1
+        assert yaml.safe_load(next(seeded.glob("args_*.yaml")).read_text())["seed"] == seed
 
     make_hear_task(tmp_path / "tasks")
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "bands_module.py").write_text(BANDS_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "")  # set by the predictions runner; restored after the test
     capfd.readouterr()
     assert main(["hear", "run", "--module", "hear_api", "--model", str(tiny_checkpoint), "--tasks-dir", str(tmp_path / "tasks"),
                  "--runs-dir", str(runs), "--grid", "faster"]) == 0
@@ -139,18 +148,36 @@ def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Pat
     assert len(printed.splitlines()) <= 6, printed
     assert re.search(r"HEAR\s+usad-tiny\s+tones-v1-full\s+top1_acc\s+[\d.]+\s+[\d.]+\s+done", printed), printed
     assert "Getting embeddings for split: test" in (runs / "hear" / "usad-tiny" / LOG).read_text()
-    run_hear(HearRun(module="bands_module", tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster"))
+    bands = run_hear(HearRun(module="bands_module", tasks_dir=tmp_path / "tasks", runs_dir=runs, grid="faster", seeds=(3, 4)))
+    # one embedding pass, then each seed's predictions beside links to it
+    assert (bands / "embeddings" / "bands_module" / "tones-v1-full" / ".done.embeddings").exists()
+    assert not (bands / "embeddings" / "bands_module" / "tones-v1-full" / "test.predicted-scores.json").exists()
+    for seed in (3, 4):
+        seeded = bands / f"seed-{seed}" / "tones-v1-full"
+        assert (seeded / "test.embeddings.npy").is_symlink() and (seeded / "test.predicted-scores.json").is_file()
+    assert os.environ["PL_GLOBAL_SEED"] == "4"  # heareval's seed_everything(42) ran with the last seed
 
     measured = collect(runs)
-    test = measured[measured["split"] == "test"].set_index(["benchmark", "model"])["score"]
-    assert set(test.index) == {("SUPERB", "usad-tiny"), ("SUPERB", "fbank"), ("HEAR", "usad-tiny"),
-                               ("HEAR", "bands_module")}
-    assert test.notna().all() and ((test >= 0) & (test <= 100)).all()
+    test = measured[measured["split"] == "test"]
+    assert set(zip(test["benchmark"], test["model"], test["seed"])) == {
+        ("SUPERB", "usad-tiny", 1337), ("SUPERB", "fbank", 5), ("SUPERB", "fbank", 6), ("HEAR", "usad-tiny", 42),
+        ("HEAR", "bands_module", 3), ("HEAR", "bands_module", 4)}
+    assert test["score"].notna().all() and ((test["score"] >= 0) & (test["score"] <= 100)).all()
+    # each run's per-item predictions give back its logged score
+    for row in test.itertuples(index=False):
+        found = (superb_outcomes(Path(row.run_path), "KS") if row.benchmark == "SUPERB" else hear_outcomes(Path(row.run_path)))
+        assert found is not None and found.score == pytest.approx(row.score, abs=1e-4), row
     usad_rows = measured[measured["model"] == "usad-tiny"]
     assert usad_rows["checkpoint_hash"].nunique() == 1  # one checkpoint, one model in both benchmarks
     paths = render(measured, load_published(), tmp_path / "board")
     table = pd.read_csv(paths["csv"])
     assert (table["source"] == "measured here").sum() == len(measured)
+    summary = pd.read_csv(paths["summary"]).set_index(["benchmark", "model", "split"])
+    fbank = summary.loc[("SUPERB", "fbank", "test")]
+    # the four test clips have four speakers (test<k>_nohash_0.wav): no two items share a group
+    assert fbank["seeds"] == "5 6" and fbank["resampled"] == "seeds x items" and fbank["low"] <= fbank["score"] <= fbank["high"]
+    assert fbank["score"] == pytest.approx(test[(test["model"] == "fbank")]["score"].mean())
+    assert summary.loc[("HEAR", "bands_module", "test")]["resampled"] == "seeds x items"
     md = paths["md"].read_text()
     for model in ("usad-tiny", "fbank", "bands_module", "USAD Base"):
         assert model in md

@@ -10,8 +10,11 @@ recorded atomically in <run>/done/<stage>.json; a rerun skips finished stages, F
                   the teachers' training audio (no labels, no dev/test file), at the paper's
                   speech share
   export          usad export -> student.safetensors
-  superb-*/hear-* every model x task through usad superb run / usad hear run (s3prl, heareval)
-  leaderboard     usad leaderboard -> results/demo/leaderboard.{md,html,csv,png} + targets
+  superb-*/hear-* every model x task through usad superb run / usad hear run (s3prl, heareval);
+                  the models the targets compare (student, speech and audio teacher) with several
+                  probe seeds each, the others with the tools' default seed
+  leaderboard     usad leaderboard -> results/demo/leaderboard.{md,html,csv,png} + targets with
+                  95% intervals (seeds x test items) and MET / MISSED / INCONCLUSIVE verdicts
 
 Each stage names the stages it needs; `jobs` stages run at a time (one CPU thread each), any
 stage whose needs are done may start. So the baselines' and teachers' evaluations run beside the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -38,19 +42,44 @@ import yaml
 from usad_upstream.checkpoint import atomic_write
 from usad_upstream.distill.data import PAPER_SPEECH_SHARE
 
-from .targets import targets_report
+from .targets import STUDENT, targets_report
 from .teachers import teacher_training_audio
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
 
 
 def native_bf16_cpu() -> bool:
     """Whether this CPU does bf16 matrix work in hardware (AVX512-BF16 or AMX): there bf16
     autocast trains the demo's student 1.15x faster per step (full run; 1.37x in a 40-step A/B)
     with the same losses to 1e-4; elsewhere it would be emulated, slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+# A CPU without AVX-512, emulated on one that has it (`usad demo run --emulate-cpu avx2`): ATen's
+# own kernels, oneDNN and MKL each dispatch on the instruction set, and each is capped here; the
+# distillation then runs in fp32, as native_bf16_cpu() would choose on such a CPU.
+EMULATED_CPUS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+
+
+def machine(emulated: "dict[str, str]") -> dict:
+    """What a run's numbers depend on beyond the code: CPU kind, instruction sets, torch."""
+    import torch
+
+    model = ""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    flags = sorted(_cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"})
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "isa flags": flags,
+            "emulated": emulated, "torch": torch.__version__, "host": platform.node()}
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +94,12 @@ DISTILL_MIN_SECONDS = 0.5
 # Per-file feature cache of the SUPERB probes' frozen upstreams (usad, usad_teacher): each file's
 # features are computed once instead of every epoch (student IC probe: 124 s -> 39 s, same scores).
 SUPERB_FEATURE_CACHE_MB = 1024
+# Probe seeds: seed k is the tools' default + k (s3prl's run_downstream 1337, heareval 42), so the
+# first seed is the one every run before seeds used.
+S3PRL_SEED, HEAREVAL_SEED = 1337, 42
+# The models whose scores decide a target get Budget.probe_seeds seeds; fbank and the concatenated
+# teachers decide nothing and get the first seed only.
+DECIDING = ("speech_teacher", "audio_teacher", "usad_student")
 
 
 class StageError(ValueError):
@@ -91,6 +126,7 @@ class Budget:
     hear_tasks: tuple[str, ...]
     hear_grid: str
     hear_grid_points: int  # heareval tries this many points of the grid per task (its default: 8)
+    probe_seeds: int  # seeds per probe of the models that decide a target
 
 
 # SUPERB steps: probes long enough that dev scores have stopped rising, read from dev curves only
@@ -104,7 +140,7 @@ FULL = Budget(
     distill_steps=1150, distill_batch_seconds=32.0,
     superb_steps={"PR": 200, "KS": 600, "SID": 600, "IC": 600}, superb_lr=1e-3, superb_accumulate=1,
     hear_tasks=("keywords", "pitch", "instrument_family", "drums", "event_detection"), hear_grid="fast",
-    hear_grid_points=4,
+    hear_grid_points=4, probe_seeds=3,
 )
 # A smoke run of every stage: two SUPERB tasks instead of four, heareval's smallest grid.
 QUICK = Budget(
@@ -112,7 +148,7 @@ QUICK = Budget(
     distill_steps=40, distill_batch_seconds=16.0,
     superb_steps={"PR": 20, "KS": 20}, superb_lr=1e-3, superb_accumulate=1,
     hear_tasks=("keywords", "pitch", "drums", "event_detection"), hear_grid="faster",
-    hear_grid_points=4,
+    hear_grid_points=4, probe_seeds=2,  # exercises the seeds and intervals; its verdicts mean nothing anyway
 )
 
 SUPERB_DATA = {"PR": "LibriSpeech", "KS": "speech_commands", "SID": "VoxCeleb1", "IC": "fluent_speech_commands",
@@ -163,6 +199,8 @@ class Demo:
 
     def __init__(self, run_dir: Path, results_dir: Path, quick: bool = False, force: bool = False,
                  jobs: int = 2, python: str = sys.executable, log: Callable[[str], None] = print,
+                 emulate_cpu: "str | None" = None, distill_overrides: tuple[str, ...] = (),
+                 models: tuple[str, ...] = MODELS, evaluate_dev: bool = False,
                  suite: str = "demo") -> None:
         if suite not in SUITES:
             raise ValueError(f"unknown demo suite {suite!r}; expected one of {list(SUITES)}")
@@ -171,15 +209,29 @@ class Demo:
         self.results = Path(results_dir).resolve()
         self.quick, self.force, self.jobs, self.python, self.say = quick, force, max(1, jobs), python, log
         self.budget = QUICK if quick else FULL
-        self.distill_precision = "bf16" if native_bf16_cpu() else "fp32"  # bf16 autocast, as the paper trains
+        if emulate_cpu is not None and emulate_cpu not in EMULATED_CPUS:
+            raise ValueError(f"--emulate-cpu must be one of {sorted(EMULATED_CPUS)}, got {emulate_cpu!r}")
+        self.emulated = EMULATED_CPUS.get(emulate_cpu or "", {})  # environment of every stage
+        # bf16 autocast, as the paper trains, where the CPU does bf16 in hardware
+        self.distill_precision = "bf16" if native_bf16_cpu() and not self.emulated else "fp32"
+        # An experiment on the recipe: dotted overrides of the distillation config (recorded with
+        # the results), the models to evaluate, and per-item dev predictions of the SUPERB probes.
+        self.distill_overrides, self.evaluate_dev = tuple(distill_overrides), evaluate_dev
+        unknown = sorted(set(models) - set(MODELS))
+        if unknown or not models:
+            raise ValueError(f"--model: unknown model(s) {unknown or models}; choose from {list(MODELS)}")
+        self.model_names = tuple(m for m in MODELS if m in models)  # the models evaluated (all by default)
         self.corpora = self.run / "corpora"
         self.models = self.run / "models"
         self.logs = self.run / "logs"
         self.done = self.run / "done"
-        # Seconds each stage took when it ran; a rerun keeps those of the stages it skips, so the
-        # leaderboard's times are those of the runs that made its scores.
+        # Seconds each stage took when it ran (wall clock, and CPU time of the stage's processes:
+        # on a shared machine the wall clock measures the neighbours too); a rerun keeps those of
+        # the stages it skips, so the leaderboard's times are those of the runs that made its scores.
         self.timings: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
         self.reused: list[str] = []  # stages done by an earlier invocation
+        self.began = time.time()
         # Stages really run in this invocation: a stage needing one of them reruns too (its
         # inputs changed), after its stale results are cleaned.
         self.rebuilt: set[str] = set()
@@ -193,6 +245,9 @@ class Demo:
 
     def recorded_seconds(self, stage: str) -> float:
         return float(json.loads(self.marker(stage).read_text())["seconds"])
+
+    def recorded_cpu_seconds(self, stage: str) -> "float | None":
+        return json.loads(self.marker(stage).read_text()).get("cpu seconds")
 
     def is_stale(self, stage: Stage) -> bool:
         return any(need in self.rebuilt for need in stage.needs)
@@ -210,7 +265,7 @@ class Demo:
             stage.prepare()
         # OpenMP threads that spin while waiting multiply the run time many times over on a busy
         # 2-core machine (measured: 15x for a student step); passive waiting costs nothing when idle.
-        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **stage.env, "PYTHONUNBUFFERED": "1"}
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **self.emulated, **stage.env, "PYTHONUNBUFFERED": "1"}
         handle = open(log, "w")
         handle.write(f"$ {' '.join(stage.command)}\n")
         handle.flush()
@@ -218,18 +273,34 @@ class Demo:
         proc._demo = (stage, log, handle, time.time())  # type: ignore[attr-defined]
         return proc
 
+    @staticmethod
+    def reap(proc: subprocess.Popen) -> bool:
+        """Whether `proc` has ended; if so, its CPU seconds (with the children it waited for,
+        the s3prl and heareval processes) are kept in proc._cpu."""
+        if proc.returncode is not None:
+            return True
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc._cpu = round(usage.ru_utime + usage.ru_stime, 1)  # type: ignore[attr-defined]
+        return True
+
     def finish(self, proc: subprocess.Popen) -> "str | None":
         """Record a finished process; returns an error message or None."""
         stage, log, handle, began = proc._demo  # type: ignore[attr-defined]
         handle.close()
         seconds = round(time.time() - began, 1)
+        cpu = getattr(proc, "_cpu", None)
         self.timings[stage.name] = seconds
+        self.cpu_seconds[stage.name] = cpu
         missing = [str(p) for p in stage.outputs if not p.exists()]
         if proc.returncode != 0 or missing:
             why = f"exit status {proc.returncode}" if proc.returncode != 0 else f"missing output {missing}"
             return f"demo stage '{stage.name}' failed ({why}); see {log}"
-        atomic_write(self.marker(stage.name), lambda tmp: Path(tmp).write_text(json.dumps({"seconds": seconds, "finished": time.time()})))
-        self.say(f"[demo] {stage.name}: done in {seconds:.0f} s")
+        record = {"seconds": seconds, "cpu seconds": cpu, "finished": time.time()}
+        atomic_write(self.marker(stage.name), lambda tmp: Path(tmp).write_text(json.dumps(record)))
+        self.say(f"[demo] {stage.name}: done in {seconds:.0f} s ({cpu} CPU s)")
         return None
 
     def run_stages(self, stages: list[Stage]) -> list[str]:
@@ -247,14 +318,21 @@ class Demo:
                 pending.remove(stage)
                 failed.add(stage.name)
                 errors.append(f"demo stage '{stage.name}' skipped: it needs failed stage(s) {sorted(failed & set(stage.needs))}")
-            for stage in [s for s in pending if set(s.needs) <= finished]:
-                if self.is_done(stage):
+            # Stages done by an earlier invocation first, to a fixed point, so that a resumed run
+            # starts the stages they unblock (the distillation) before any evaluation.
+            skipped = True
+            while skipped:
+                skipped = False
+                for stage in [s for s in pending if set(s.needs) <= finished and self.is_done(s)]:
                     pending.remove(stage)
                     finished.add(stage.name)
                     self.timings[stage.name] = self.recorded_seconds(stage.name)
+                    self.cpu_seconds[stage.name] = self.recorded_cpu_seconds(stage.name)
                     self.reused.append(stage.name)
                     self.say(f"[demo] {stage.name}: already done (took {self.timings[stage.name]:.0f} s), skipping")
-                elif len(running) < self.jobs:
+                    skipped = True
+            for stage in [s for s in pending if set(s.needs) <= finished]:
+                if len(running) < self.jobs:
                     pending.remove(stage)
                     stage.env.update(threads)
                     self.say(f"[demo] {stage.name}: running (log: {self.logs / (stage.name + '.log')})")
@@ -262,7 +340,7 @@ class Demo:
             if pending and not running and not any(set(s.needs) <= finished for s in pending):
                 raise ValueError(f"demo stages wait on each other: {[s.name for s in pending]}")
             time.sleep(0.2 if running else 0.0)
-            for proc in [p for p in running if p.poll() is not None]:
+            for proc in [p for p in running if self.reap(p)]:
                 running.remove(proc)
                 stage = proc._demo[0]  # type: ignore[attr-defined]
                 error = self.finish(proc)
@@ -279,6 +357,26 @@ class Demo:
                     failed.add(stage.name)
                     errors.append(error)
         return errors
+
+    def projected_seconds(self, stages: list[Stage], seconds: "dict[str, float | None]") -> "float | None":
+        """Wall time of `stages` on an idle machine with `jobs` cores: each stage's measured CPU
+        seconds (one thread each) scheduled as run_stages schedules them. On a shared machine the
+        wall clock measures the neighbours too; this is what the demo itself costs. None when a
+        stage has no CPU time recorded."""
+        if any(seconds.get(s.name) is None for s in stages):
+            return None
+        pending, running, done, now = list(stages), [], set(), 0.0  # running: (end time, name)
+        while pending or running:
+            for stage in [s for s in pending if set(s.needs) <= done]:
+                if len(running) < self.jobs:
+                    pending.remove(stage)
+                    running.append((now + float(seconds[stage.name] or 0.0), stage.name))
+            if not running:
+                raise ValueError(f"demo stages wait on each other: {[s.name for s in pending]}")
+            now, name = min(running)
+            running.remove((now, name))
+            done.add(name)
+        return now
 
     # ------------------------------------------------------------------ stages
     def write_specs(self) -> dict[str, Path]:
@@ -327,6 +425,10 @@ class Demo:
                       "device": "cpu", "precision": self.distill_precision, "log_every": max(1, self.budget.distill_steps // 20),
                       "ckpt_every": max(1, self.budget.distill_steps // 4), "keep_last": 1, "seed": 0},
         }
+        from usad_upstream.distill.config import apply_override
+
+        for override in self.distill_overrides:
+            apply_override(config, override)
         path = self.models / "distill.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
@@ -374,7 +476,7 @@ class Demo:
         needs = {"fbank": ("corpora",), "speech_teacher": ("speech_teacher",), "audio_teacher": ("audio_teacher",),
                  "teachers_concat": ("speech_teacher", "audio_teacher"), "usad_student": ("export",)}
         models = {}
-        for model in MODELS:
+        for model in self.model_names:
             if model == "fbank":
                 upstream: list[object] = ["--upstream", "fbank"]
             elif model == "usad_student":
@@ -387,6 +489,10 @@ class Demo:
                 module = ["--module", "hear_api.teacher", "--model", specs[model]]
             models[model] = (upstream, module, needs[model])
         return models
+
+    def seeds(self, model: str) -> range:
+        """Seed offsets of a model's probes: several for the models a target compares."""
+        return range(self.budget.probe_seeds if model in DECIDING else 1)
 
     def eval_stages(self, student: Path) -> list[Stage]:
         """Every model x task run: HEAR first, then SUPERB in the budget's task order (the longer
@@ -405,16 +511,20 @@ class Demo:
                 if task != "PR" and trains:
                     overrides.append(f"config.optimizer.lr={b.superb_lr}")
                 overrides += extra
+                seeds = [a for k in self.seeds(model) for a in ("--seed", S3PRL_SEED + k)]
                 cmd = self.usad("superb", "run", "--task", task, *upstream, "--data", self.corpora / SUPERB_DATA[task],
                                 "--name", model, "--runs-dir", runs, "--steps", steps, "--workers", 0, "--device", "cpu",
                                 *(["--override", ",,".join(overrides)] if overrides else []),
-                                "--feature-cache-mb", SUPERB_FEATURE_CACHE_MB)
+                                "--feature-cache-mb", SUPERB_FEATURE_CACHE_MB, *seeds,
+                                *(["--evaluate-dev"] if self.evaluate_dev else []))
                 superb.append(Stage(f"superb-{task}-{model}", cmd, clean=[runs / "superb" / task / model],
                                     needs=needs + (("corpora_full",) if task in suite else ()), essential=False))
         for model, (_, module, needs) in models.items():
             tasks = [a for t in b.hear_tasks for a in ("--task", t)]
+            seeds = [a for k in self.seeds(model) for a in ("--seed", HEAREVAL_SEED + k)]
             cmd = self.usad("hear", "run", *module, "--tasks-dir", self.corpora / "hear" / "tasks", *tasks,
-                            "--grid", b.hear_grid, "--grid-points", b.hear_grid_points, "--runs-dir", runs, "--name", model)
+                            "--grid", b.hear_grid, "--grid-points", b.hear_grid_points, "--runs-dir", runs, "--name", model,
+                            *seeds)
             hear.append(Stage(f"hear-{model}", cmd, clean=[runs / "hear" / model], needs=needs, essential=False))
         return hear + superb
 
@@ -426,7 +536,8 @@ class Demo:
         log = self.logs / "leaderboard.log"
         self.say(f"[demo] leaderboard: running (log: {log})")
         proc = self.start(stage)
-        proc.wait()
+        while not self.reap(proc):
+            time.sleep(0.1)
         error = self.finish(proc)
         if error:
             raise StageError(error)
@@ -445,22 +556,32 @@ class Demo:
                 "distill min clip seconds": DISTILL_MIN_SECONDS,
                 "distill precision": self.distill_precision,
                 "distill speech share (the paper's Mix126k-B)": round(PAPER_SPEECH_SHARE, 4),
+                "distill overrides (an experiment)": list(self.distill_overrides),
                 "SUPERB steps": b.superb_steps, "SUPERB feature cache MB": SUPERB_FEATURE_CACHE_MB,
                 "SUPERB lr": b.superb_lr, "SUPERB gradient accumulation": b.superb_accumulate,
                 "HEAR grid": f"{b.hear_grid} ({b.hear_grid_points} points)",
-                "stage seconds": self.timings}
+                "probe seeds": {"models": list(DECIDING), "SUPERB (run_downstream --seed)": [S3PRL_SEED + k for k in self.seeds(STUDENT)],
+                                "HEAR (heareval's seed_everything)": [HEAREVAL_SEED + k for k in self.seeds(STUDENT)],
+                                "other models": [S3PRL_SEED, HEAREVAL_SEED]},
+                "machine": machine(self.emulated),
+                "invocation seconds": round(time.time() - self.began, 1), "stages done by an earlier invocation": self.reused,
+                f"projected seconds on an idle {self.jobs}-core machine": self.projected_seconds(self.stage_list, self.cpu_seconds),
+                "stage seconds": self.timings, "stage CPU seconds": self.cpu_seconds}
 
     def __call__(self) -> dict[str, Path]:
         if self.force and self.run.exists():
             shutil.rmtree(self.run)
         for d in (self.corpora, self.models, self.logs, self.done):
             d.mkdir(parents=True, exist_ok=True)
-        began = time.time()
-        errors = self.run_stages(self.stages())
+        self.began = time.time()
+        stages = self.stage_list = self.stages()
+        errors = self.run_stages(stages)
         paths = self.leaderboard()
-        total = round(time.time() - began, 1)
-        record = {"stage seconds": self.timings, "this invocation's seconds": total,
-                  "stages done by an earlier invocation": self.reused}
+        total = round(time.time() - self.began, 1)
+        projected = self.projected_seconds(stages, self.cpu_seconds)
+        record = {"stage seconds": self.timings, "stage CPU seconds": self.cpu_seconds, "this invocation's seconds": total,
+                  f"projected seconds on an idle {self.jobs}-core machine": None if projected is None else round(projected, 1),
+                  "stages done by an earlier invocation": self.reused, "machine": machine(self.emulated)}
         atomic_write(self.run / "timings.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
         self.say(f"[demo] finished in {total / 60:.1f} min; leaderboard: {paths['md']}")
         if errors:

@@ -1,8 +1,10 @@
 """HEAR over a tasks directory with heareval's own runners: embeddings, then predictions, per task.
 
 Run directory: <runs>/hear/<name>/
-  usad_run.json                         manifest: model, checkpoint hash, status of every task
+  usad_run.json                         manifest: model, checkpoint hash, seeds, status of every task
   embeddings/<module>[-options]/<task>/ heareval's embeddings + test.predicted-scores.json
+  seed-<N>/<task>/                      with seeds: links to that task's embeddings, and the
+                                        predictions of heareval's probes seeded with N
 heareval itself skips finished work (`.done.embeddings`, `prediction-done.json`), so a rerun
 resumes where it stopped. A task that fails is recorded and the next task still runs; the run
 then ends with an error naming the failed tasks. Any HEAR 2021 module works (hear_api with a
@@ -48,6 +50,9 @@ class HearRun:
     model_options: dict = field(default_factory=dict)
     trust_remote_code: bool = False  # hear_api on a release snapshot: let its own code run
     verbose: bool = False  # stream heareval's output too (it always goes to usad_hear.log)
+    # Seeds of heareval's probes, which it otherwise fixes at 42 (seed_everything(42): the probe's
+    # initial weights, its dropout and which points of the grid are tried). Empty: heareval's own.
+    seeds: tuple[int, ...] = ()
 
     @property
     def model_name(self) -> str:
@@ -68,6 +73,13 @@ class HearRun:
         from slugify import slugify
 
         return "".join(f"-{slugify(str(k))}={slugify(str(v))}" for k, v in self.model_options.items())
+
+    def predictions_dir(self, task: str, seed: "int | None") -> Path:
+        """Where heareval's predictions runner writes its outputs for `task` (and `seed`)."""
+        if seed is None:
+            return self.run_dir / self.embeddings_subdir / task
+        return self.run_dir / f"seed-{seed}" / task
+
 
 
 def check_module(module: str, model: "str | None", options: dict) -> None:
@@ -124,6 +136,38 @@ def output_to(log: Path, echo: bool) -> Iterator[None]:
             thread.join(timeout=10)  # EOF once no descriptor holds the pipe; a lingering worker must not hang us
             for fd in (read_end, *saved):
                 os.close(fd)
+
+# What heareval's predictions runner writes into a task directory; the rest is embeddings.
+PREDICTION_OUTPUTS = ("prediction-done.json", "test.predicted-scores.json", "prediction.log")
+
+
+def link_embeddings(embedded: Path, target: Path) -> None:
+    """A task directory for one seed's predictions: links to the embedding runner's files."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in embedded.iterdir():
+        link = target / path.name
+        if path.is_file() and path.name not in PREDICTION_OUTPUTS and not path.name.endswith(".predictions.pkl") \
+                and not link.exists():
+            os.symlink(os.path.relpath(path, target), link)
+
+
+@contextlib.contextmanager
+def heareval_seed(seed: "int | None") -> Iterator[None]:
+    """heareval's predictions runner with `seed` where it calls seed_everything(42)."""
+    if seed is None:
+        yield
+        return
+    from usad_upstream.compat import patch_heareval
+
+    patch_heareval()  # before heareval's modules are imported
+    from heareval.predictions import task_predictions
+
+    fixed = task_predictions.seed_everything
+    task_predictions.seed_everything = lambda _seed, workers=False: fixed(seed, workers=workers)
+    try:
+        yield
+    finally:
+        task_predictions.seed_everything = fixed
 
 
 def task_dirs(tasks_dir: Path, only: tuple[str, ...] = ()) -> list[Path]:
@@ -204,6 +248,7 @@ def run_hear(run: HearRun) -> Path:
                     "checkpoint_hash": ckpt_hash, "model_options": run.model_options,
                     "tasks_dir": str(Path(run.tasks_dir).resolve()),
                     "embeddings_dir": run.embeddings_subdir, "grid": run.grid, "grid_points": run.grid_points, "created": now(), "tasks": {}}
+    manifest["seeds"] = sorted(set(manifest.get("seeds") or ()) | set(run.seeds))
     for task_dir in tasks:
         manifest["tasks"].setdefault(task_dir.name, _task_info(task_dir))
 
@@ -219,7 +264,9 @@ def run_hear(run: HearRun) -> Path:
     print(f"HEAR {run.model_name}: {len(tasks)} task(s); heareval's output: {log}", flush=True)
     for number, task_dir in enumerate(tasks, 1):
         info = manifest["tasks"][task_dir.name]
-        if info["status"] == "done" and (out_root / task_dir.name / "test.predicted-scores.json").is_file():
+        todo = [seed for seed in (run.seeds or (None,))
+                if not (run.predictions_dir(task_dir.name, seed) / "test.predicted-scores.json").is_file()]
+        if info["status"] == "done" and not todo:
             continue
         info.update(status="running", started=now(), error="")
         save()
@@ -228,7 +275,7 @@ def run_hear(run: HearRun) -> Path:
               flush=True)
         try:
             with output_to(log, run.verbose):
-                _run_task(run, task_dir, model, embed_root, out_root, run_embeddings_runner, run_predictions_runner)
+                _run_task(run, task_dir, model, todo, embed_root, out_root, run_embeddings_runner, run_predictions_runner)
             info.update(status="done", finished=now())
             print(f" done in {time.time() - began:.0f} s", flush=True)
         except KeyboardInterrupt:
@@ -249,9 +296,9 @@ def run_hear(run: HearRun) -> Path:
 Runner = Callable[[list[str]], int]
 
 
-def _run_task(run: HearRun, task_dir: Path, model: "str | None", embed_root: Path, out_root: Path, embed: Runner,
-              predict: Runner) -> None:
-    """heareval's embeddings runner, then its predictions runner, on one task."""
+def _run_task(run: HearRun, task_dir: Path, model: "str | None", seeds: list, embed_root: Path, out_root: Path,
+              embed: Runner, predict: Runner) -> None:
+    """heareval's embeddings runner, then its predictions runner for each seed still to do, on one task."""
     print(f"\n=== {now()} task {task_dir.name}", flush=True)
     embed_args = [run.module, "--tasks-dir", str(Path(run.tasks_dir).resolve()), "--task", task_dir.name,
                   "--embeddings-dir", str(embed_root), "--model-options", json.dumps(run.model_options)]
@@ -260,8 +307,13 @@ def _run_task(run: HearRun, task_dir: Path, model: "str | None", embed_root: Pat
     rc = embed(embed_args)
     if rc != 0:
         raise RuntimeError(f"heareval embeddings runner exit status {rc}")
-    rc = predict([str(out_root / task_dir.name), "--grid", run.grid, "--grid-points", str(run.grid_points)])
-    if rc != 0:
-        raise RuntimeError(f"heareval predictions runner exit status {rc}")
-    if not (out_root / task_dir.name / "test.predicted-scores.json").is_file():
-        raise RuntimeError("the predictions runner wrote no test.predicted-scores.json")
+    for seed in seeds:
+        target = run.predictions_dir(task_dir.name, seed)
+        if seed is not None:
+            link_embeddings(out_root / task_dir.name, target)
+        with heareval_seed(seed):
+            rc = predict([str(target), "--grid", run.grid, "--grid-points", str(run.grid_points)])
+        if rc != 0:
+            raise RuntimeError(f"heareval predictions runner exit status {rc}{f' (seed {seed})' if seed is not None else ''}")
+        if not (target / "test.predicted-scores.json").is_file():
+            raise RuntimeError(f"the predictions runner wrote no test.predicted-scores.json in {target}")

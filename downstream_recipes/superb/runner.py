@@ -1,9 +1,12 @@
 """One SUPERB task, end to end, through s3prl's own run_downstream: train -> select -> test.
 
-Run directory: <runs>/superb/<TASK>/<name>/ is s3prl's experiment directory, plus
+Run directory: <runs>/superb/<TASK>/<name>/ (with a seed: <name>/seed-<N>/) is s3prl's experiment
+directory, plus
   usad_run.json   manifest (model, checkpoint hash, stage status) read by `usad leaderboard`
   usad_train.log  everything run_downstream printed while training
   usad_test.log   the evaluation of the selected checkpoint(s) on the test split
+  best-dev/       with --evaluate-dev: the selected checkpoint's predictions on the dev split (the
+                  dev files s3prl writes while training are those of its last evaluation)
 Stages that are done are skipped on rerun; an interrupted training resumes from s3prl's newest
 states-*.ckpt (`-e`). Any upstream s3prl knows works (usad -k CKPT, fbank, wavlm_local -k ...).
 The upstream name and checkpoint are checked before anything starts or is written, so a typo
@@ -31,6 +34,7 @@ from .recipes import Recipe, format_overrides, get_recipe, step_overrides, unkno
 from .s3prl_entry import CACHE_ENV
 
 STAGES = ("train", "select", "test")
+BEST_DEV_DIR = "best-dev"
 
 
 class RecipeError(ValueError):
@@ -52,6 +56,8 @@ class SuperbRun:
     feature_cache_mb: float = 0.0  # usad/usad_teacher upstreams: per-file feature cache budget
     trust_remote_code: bool = False  # usad upstream on a release snapshot: let its own code run
     verbose: bool = False  # stream s3prl's output too (it always goes to the stage logs)
+    seed: "int | None" = None  # run_downstream's --seed (None: its default, 1337)
+    evaluate_dev: bool = False  # also evaluate the selected checkpoint on dev, into BEST_DEV_DIR
     python: str = sys.executable
 
     @property
@@ -64,7 +70,8 @@ class SuperbRun:
 
     @property
     def expdir(self) -> Path:
-        return (Path(self.runs_dir) / "superb" / self.recipe.task / self.model_name).resolve()
+        base = Path(self.runs_dir) / "superb" / self.recipe.task / self.model_name
+        return (base if self.seed is None else base / f"seed-{self.seed}").resolve()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -167,7 +174,7 @@ def _open_manifest(run: SuperbRun, ckpt: "str | None", ckpt_hash: str) -> dict:
         "benchmark": SUPERB, "task": run.recipe.task, "model": run.model_name, "upstream": run.upstream,
         "checkpoint": ckpt, "checkpoint_hash": ckpt_hash,
         "data": str(Path(run.data).resolve()), "config": str(run.recipe.config), "steps": run.steps,
-        "created": now(), "stages": {s: {"status": "pending"} for s in STAGES},
+        "seed": run.seed, "created": now(), "stages": {s: {"status": "pending"} for s in STAGES},
     }
 
 
@@ -207,6 +214,12 @@ def _selected(run: SuperbRun) -> list[Path]:
             return [run.expdir / name]
     # No dev evaluation ever improved on s3prl's initial best (e.g. accuracy stuck at 0).
     return states[-1:]
+
+
+def dev_split(recipe: Recipe) -> "str | None":
+    """The dev split the expert selects on, read from its best-checkpoint name (dev-best.ckpt)."""
+    name = recipe.best_names[0] if recipe.best_names else ""
+    return name[: -len("-best.ckpt")] if name.endswith("-best.ckpt") else None
 
 
 def run_superb(run: SuperbRun) -> Path:
@@ -278,6 +291,8 @@ def run_superb(run: SuperbRun) -> Path:
         else:
             cmd = [*entry, "-m", "train", "-u", run.upstream, "-d", recipe.expert, "-c", str(recipe.config),
                    "-p", str(expdir), "-o", overrides, *device]
+            if run.seed is not None:  # a resumed run keeps the seed its checkpoint recorded
+                cmd += ["--seed", str(run.seed)]
             if ckpt:
                 cmd += ["-k", ckpt]
         stage("train", [cmd], train_log)
@@ -305,4 +320,20 @@ def run_superb(run: SuperbRun) -> Path:
             stages.set("test", "failed", error=f"no test {spec.metric} line in {test_log}")
             raise RecipeError(f"SUPERB {recipe.task}: the test stage printed no {spec.metric} score; see {test_log}")
         stages.set("test", "done", score=scores.test * spec.scale, dev_score=None if scores.dev is None else scores.dev * spec.scale)
+
+    if run.evaluate_dev and stages.manifest.get("best_dev") != "done":
+        split = dev_split(recipe)
+        if split is None:
+            raise ValueError(f"--evaluate-dev: SUPERB {recipe.task} selects no checkpoint on a dev split")
+        out = expdir / BEST_DEV_DIR
+        out.mkdir(exist_ok=True)
+        chosen = expdir / stages.manifest["stages"]["select"]["checkpoints"][0]
+        cmd = [*entry, "-m", "evaluate", "-e", str(chosen), "-t", split, "-o",
+               f"{format_overrides({'args.expdir': out})},,{overrides}", *device]
+        rc = _stream(cmd, out / "usad_dev.log", env)
+        if rc != 0:
+            raise RecipeError(f"SUPERB {recipe.task}: evaluating {chosen.name} on {split} failed (exit status {rc}); "
+                              f"see {out / 'usad_dev.log'}")
+        stages.manifest["best_dev"] = "done"
+        write_manifest(expdir, stages.manifest)
     return expdir
