@@ -17,7 +17,7 @@ import pandas as pd
 
 from .published import MEASURED, PUBLISHED, superb_baselines
 from .scores import hear_average, superb_score
-from .tasks import HEAR, HEAR_OFFICIAL, SUPERB, SUPERB_TASKS
+from .tasks import HEAR, HEAR_OFFICIAL, SUPERB, SUPERB_TASKS, XARES, XARES_METHODS
 
 # Published models drawn in the chart next to the measured ones (all stay in the tables).
 CHART_PUBLISHED = {SUPERB: ("FBANK", "WavLM Base+", "USAD Base"), HEAR: ("WavLM Base+", "ATST-Frame", "USAD Base")}
@@ -32,7 +32,7 @@ def latest_measured(measured: pd.DataFrame) -> pd.DataFrame:
     df = measured.copy()
     df["_has"] = df["score"].notna()
     df = df.sort_values(["_has", "date", "run_id"])
-    keys = ["model", "checkpoint_hash", "benchmark", "task", "split"]
+    keys = ["model", "checkpoint_hash", "benchmark", "task", "metric", "split"]
     return df.groupby(keys, as_index=False, sort=False).tail(1).drop(columns="_has").reset_index(drop=True)
 
 
@@ -74,6 +74,17 @@ class Board:
 def _fmt(x: float, task: str) -> str:
     """Two decimals (percent units); MTWV, the one score on a 0..1 scale, gets four."""
     return f"{x:.4f}" if task == "QbE" else f"{x:.2f}"
+
+
+def _measured_cells(rows: pd.DataFrame) -> tuple[dict[str, str], dict[str, float]]:
+    """(display cell, score) per task of one model's rows; a gap shows its status."""
+    cells, values = {}, {}
+    for rec in rows.itertuples(index=False):
+        if pd.notna(rec.score):
+            cells[rec.task], values[rec.task] = _fmt(rec.score, rec.task), float(rec.score)
+        else:
+            cells[rec.task] = f"— {rec.status}"
+    return cells, values
 
 
 def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame, official: bool = True) -> "Board | None":
@@ -121,14 +132,7 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
         nums.append({"Model": label, "Source": source, **{t: values.get(t, math.nan) for t in tasks}})
 
     for key, label in labels.items():
-        sub = m[(m["model"] == key[0]) & (m["checkpoint_hash"] == key[1])]
-        cells, values = {}, {}
-        for rec in sub.itertuples(index=False):
-            if pd.notna(rec.score):
-                cells[rec.task], values[rec.task] = _fmt(rec.score, rec.task), float(rec.score)
-            else:
-                cells[rec.task] = f"— {rec.status}"
-        add(label, MEASURED, cells, values)
+        add(label, MEASURED, *_measured_cells(m[(m["model"] == key[0]) & (m["checkpoint_hash"] == key[1])]))
     for model, sub in p.groupby("model", sort=False):
         values = dict(zip(sub["task"], sub["score"].astype(float)))
         add(str(model), f"{PUBLISHED} ({sub['run_id'].iloc[0]})", {t: _fmt(v, t) for t, v in values.items()}, values)
@@ -147,11 +151,35 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
     return Board(benchmark, title, pd.DataFrame(rows), pd.DataFrame(nums), tasks, attempted, notes)
 
 
+def build_xares_board(measured: pd.DataFrame, method: str) -> "Board | None":
+    """The X-ARES table of one protocol ("mlp" probe or "knn"), measured rows only: no published
+    X-ARES numbers exist for local tasks. The mean is a plain one over each row's tasks; X-ARES
+    weighs tasks by test size, which `usad xares run` prints per run from xares's own function."""
+    m = measured[(measured["benchmark"] == XARES) & (measured["split"] == "test")]
+    m = latest_measured(m[m["metric"].str.startswith(f"{method}_")])
+    if m.empty:
+        return None
+    tasks = sorted(set(m["task"]))
+    rows, nums = [], []
+    for key, label in _labels(m).items():
+        cells, values = _measured_cells(m[(m["model"] == key[0]) & (m["checkpoint_hash"] == key[1])])
+        mean = sum(values.values()) / len(values) if values else None
+        rows.append({"Model": label, "Source": MEASURED, **{t: cells.get(t, "") for t in tasks},
+                     "X-ARES mean": f"{mean:.1f} ({len(values)} tasks)" if mean is not None else ""})
+        nums.append({"Model": label, "Source": MEASURED, **{t: values.get(t, math.nan) for t in tasks}})
+    metrics = ", ".join(f"{task}: {metric[len(method) + 1:]}" for task, metric in
+                        sorted(set(zip(m["task"], m["metric"]))))
+    notes = [f"X-ARES {XARES_METHODS[method]} scores x100 from xares's own score files ({metrics}); "
+             "X-ARES mean = plain mean over the tasks each row has.",
+             "Measured on local tasks (usad corpora build): not comparable with published X-ARES numbers."]
+    return Board(XARES, f"X-ARES ({XARES_METHODS[method]})", pd.DataFrame(rows), pd.DataFrame(nums), tasks, tasks, notes)
+
+
 def runs_table(measured: pd.DataFrame) -> pd.DataFrame:
     """One line per measured run and task: dev and test side by side, with status."""
     cols = ["benchmark", "model", "checkpoint_hash", "task", "metric", "dev", "test", "status", "run_id", "date"]
     lines = []
-    for _, sub in measured.groupby(["benchmark", "model", "checkpoint_hash", "task", "run_id"], sort=True):
+    for _, sub in measured.groupby(["benchmark", "model", "checkpoint_hash", "task", "metric", "run_id"], sort=True):
         by_split = {r.split: r for r in sub.itertuples(index=False)}
         first = sub.iloc[0]
         test = by_split.get("test")
@@ -184,7 +212,7 @@ def chart_png(boards: list[Board]) -> bytes:
                              squeeze=False)
     for ax, board, tasks in zip(axes[:, 0], boards, chosen):
         nums = board.numbers
-        nums = nums[(nums["Source"] == MEASURED) | nums["Model"].isin(CHART_PUBLISHED[board.benchmark])]
+        nums = nums[(nums["Source"] == MEASURED) | nums["Model"].isin(CHART_PUBLISHED.get(board.benchmark, ()))]
         width = 0.8 / max(1, len(nums))
         for i in range(len(nums)):
             rec = nums.iloc[i]
@@ -240,7 +268,8 @@ def render(measured: pd.DataFrame, published: pd.DataFrame, out_dir: "str | Path
     paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html"}
     tidy.to_csv(paths["csv"], index=False)
     boards = [b for b in (build_board(SUPERB, measured, published), build_board(HEAR, measured, published),
-                          build_board(HEAR, measured, published, official=False)) if b is not None]
+                          build_board(HEAR, measured, published, official=False),
+                          *(build_xares_board(measured, method) for method in XARES_METHODS)) if b is not None]
     runs = runs_table(measured)
 
     # The chart compares what was measured; published-only boards are in the tables.

@@ -507,3 +507,15 @@ def patch_s3prl() -> list[str]:
         + _add_sox_effects(torchaudio)
         + _allow_full_torch_load()
     )
+
+
+def patch_xares() -> list[str]:
+    """Make xares 0.1.3 (X-ARES) import and read its WebDataset audio on this stack; call
+    before importing xares. Idempotent; returns what it added.
+
+    xares imports torchaudio at top level (its native extension cannot load beside a CPU
+    torch), and webdataset's `torch_audio` decoder reads every clip with `torchaudio.load`,
+    which torchaudio >= 2.9 routes to torchcodec. xares decodes with a handler that only warns
+    and skips a sample that fails, so without soundfile I/O every clip would be dropped in silence.
+    """
+    return _add_soundfile_io(import_torchaudio())

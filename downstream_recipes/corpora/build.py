@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import fluent, hear, librispeech, pool, sources, speech_commands, voxceleb
+from . import fluent, hear, librispeech, pool, sources, speech_commands, voxceleb, xares_tasks
 from .common import SIZES, Size
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,10 @@ STAGES: dict[str, tuple[str, Callable[[Path, Size, int, Path], None]]] = {
     "fluent_speech_commands": ("fluent_speech_commands", lambda root, size, seed, out: fluent.build(root, size, seed)),
     "hear": ("hear", lambda root, size, seed, out: hear.build(root, out / "speech_commands", size, seed)),
     "pool": ("pool", lambda root, size, seed, out: pool.build(root, size, seed)),
+    "xares": ("xares", lambda root, size, seed, out: xares_tasks.build(root, out / "hear", size, seed)),
 }
+# Stages whose builders read another stage's output (a stage before the one it needs).
+NEEDS = {"xares": "hear", "hear": "speech_commands"}
 
 
 def _marker(out: Path, stage: str) -> Path:
@@ -39,8 +42,9 @@ def build_corpora(out: "str | Path", size: str = "mini", seed: int = 0, stages: 
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
-    if "hear" in chosen and "speech_commands" not in chosen and not _marker(Path(out), "speech_commands").is_file():
-        chosen = ["speech_commands"] + chosen  # the keywords task reuses the KS audio
+    for stage, need in NEEDS.items():  # e.g. the HEAR keywords task reuses the KS audio
+        if stage in chosen and need not in chosen and not _marker(Path(out), need).is_file():
+            chosen = [need] + chosen
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     params = {"size": size, "seed": seed}
@@ -90,6 +94,7 @@ USAGE = {
     "fluent_speech_commands": "s3prl -d fluent_commands: datarc.file_path=<dir>",
     "hear": "heareval: --tasks-dir <dir>/tasks",
     "pool": "usad distill: data.manifests=[<dir>/manifest.tsv]",
+    "xares": "usad xares run -k CKPT --tasks <dir> (X-ARES's own runner)",
 }
 
 
