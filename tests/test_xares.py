@@ -10,8 +10,10 @@ and are covered here up to their TaskConfigs and shards (together they would add
 """
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pandas as pd
@@ -175,6 +177,29 @@ def test_a_failed_task_is_one_line_naming_its_log(corpora: Path, tiny_checkpoint
     assert not (encoded / xtasks.ENCODED_MARKER).exists()  # the next attempt encodes again
     rows = collect(runs)
     assert rows["status"].tolist() == ["failed", "failed"] and rows["score"].isna().all()
+
+
+def test_clips_xares_cannot_decode_fail_the_task_instead_of_being_left_out(corpora: Path, tiny_checkpoint: Path,
+                                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """xares skips an undecodable clip with a warning and scores the rest: that is no score."""
+    task = shutil.copytree(corpora / "xares" / "event_detection", tmp_path / "tasks" / "event_detection")
+    shard = task / "test-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(shard, "w") as tar:
+        first_wav = next(m.name for m, _ in members if m.name.endswith(".wav"))
+        for member, data in members:
+            data = b"RIFF, but no audio" if member.name == first_wav else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    runs = tmp_path / "runs"
+    assert main(["xares", "run", "-k", str(tiny_checkpoint), "--tasks", str(task), "--runs-dir", str(runs)]) == 2
+    log = runs / "xares" / "usad-tiny" / "logs" / "event_detection.log"
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("X-ARES event_detection failed")]
+    assert failed == [f"X-ARES event_detection failed: xares encoded only test 2 of 3 clips (the others failed to "
+                      f"decode: see the warnings in the log) (log: {log})"]
+    assert read_score(scores_dir(runs / "xares" / "usad-tiny" / "env", "event_detection", ENCODER_CLASS), "mlp") is None
+    assert collect(runs)["status"].tolist() == ["failed"]
 
 
 def test_a_checkpoint_that_is_not_there_fails_before_any_task(tmp_path: Path, corpora: Path,
