@@ -144,7 +144,7 @@ def _xares_run_rows(run_dir: Path, manifest: dict, runs_dir: Path) -> list[dict]
         for method in metrics if info.get("knn", True) else ("mlp",):
             score = xares_scores.read_score(where, method)
             rows.append(_row(task=str(info.get("formal_name", name)), metric=metrics[method],
-                             score=100.0 * score.value if score else float("nan"), status="done" if score else gap, **common))
+                             score=score.value if score else float("nan"), status="done" if score else gap, **common))
     return rows
 
 

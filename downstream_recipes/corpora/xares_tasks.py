@@ -12,6 +12,7 @@ like NSynth-Instruments) and event_detection (a frame-level task like DESED).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -45,12 +46,11 @@ def _events(value: list) -> dict:
     return {"events": [{"label": e["label"], "onset": e["start"] / 1000.0, "offset": e["end"] / 1000.0} for e in value]}
 
 
-def _write_split(hear_task: Path, split: str, out: Path) -> int:
+def _write_split(hear_task: Path, split: str, out: Path, events: bool) -> int:
     """One split's clips into <out>/<split>-NNNNNN.tar; returns the number of samples."""
     import webdataset as wds
 
     labels = json.loads((hear_task / f"{split}.json").read_text())
-    event_task = json.loads((hear_task / "task_metadata.json").read_text())["embedding_type"] == "event"
     keys: dict[str, str] = {}
     with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=SHARD_SAMPLES, verbose=0) as sink:
         for filename in sorted(labels):
@@ -59,7 +59,7 @@ def _write_split(hear_task: Path, split: str, out: Path) -> int:
                 raise ValueError(f"{hear_task}/{split}: {filename} and {keys[key]} give the same WebDataset key {key!r}")
             keys[key] = filename
             audio = hear_task / "16000" / split / filename
-            meta = _events(labels[filename]) if event_task else _clip_label(labels[filename])
+            meta = _events(labels[filename]) if events else _clip_label(labels[filename])
             meta["source"] = f"{hear_task.name}/16000/{split}/{filename}"
             sink.write({"__key__": key, "wav": audio.read_bytes(), "json": json.dumps(meta).encode()})
     return len(keys)
@@ -70,10 +70,10 @@ def write_task(hear_task: Path, out: Path) -> dict:
     meta = json.loads((hear_task / "task_metadata.json").read_text())
     with (hear_task / "labelvocabulary.csv").open() as f:
         classes = [row["label"] for row in csv.DictReader(f)]
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {split: _write_split(hear_task, split, out) for split in meta["splits"]}
     k_fold = meta["split_mode"] == "new_split_kfold"
     frame = meta["embedding_type"] == "event"
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {split: _write_split(hear_task, split, out, frame) for split in meta["splits"]}
     formal_name, domain, mirrors = TASKS[hear_task.name]
     spec = {
         "name": hear_task.name, "formal_name": formal_name, "domain": domain, "version": VERSION,
@@ -87,8 +87,9 @@ def write_task(hear_task: Path, out: Path) -> dict:
     (out / "task.json").write_text(json.dumps(spec, indent=2) + "\n")
     splits = "k-fold over " + ", ".join(meta["splits"]) if k_fold else "train / valid / test"
     write_datasheet(out / "README.md", f"X-ARES task {hear_task.name}", {
-        "Task": f"{formal_name}, laid out like X-ARES's {mirrors}: {domain}, {spec['task_type']}-level, {len(classes)} classes, X-ARES metric "
-        f"{spec['metric']} (MLP{'' if frame else ' and kNN'}), clips of {meta['sample_duration']} s at 16 kHz, {splits}.",
+        "Task": f"{formal_name}, laid out like X-ARES's {mirrors}: {domain}, {spec['task_type']}-level, "
+        f"{len(classes)} classes, X-ARES metric {spec['metric']} (MLP{'' if frame else ' and kNN'}), clips of "
+        f"{meta['sample_duration']} s at 16 kHz, {splits}.",
         "Contents": table(("split", "samples", "shards"), [(s, n, f"{s}-*.tar") for s, n in counts.items()]),
         "Sources": f"The audio and labels of the HEAR task `{spec['source']}` (see ../../hear/tasks/{hear_task.name}/README.md "
         "for sources, licences and real recordings): each HEAR split is the X-ARES split of the same name, clip for clip, "
@@ -101,6 +102,9 @@ def write_task(hear_task: Path, out: Path) -> dict:
 
 def build(root: Path, hear_root: Path, size: Size, seed: int) -> None:
     """Every task of TASKS from the HEAR stage's tasks folder (same size and seed)."""
+    if importlib.util.find_spec("webdataset") is None:
+        raise ValueError("the xares stage writes WebDataset shards and needs webdataset: pip install -e '.[xares]' "
+                         "(or leave the stage out: --stage NAME for the others)")
     tasks_dir = hear_root / "tasks"
     missing = [name for name in TASKS if not (tasks_dir / name / "task_metadata.json").is_file()]
     if missing:
