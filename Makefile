@@ -15,7 +15,7 @@ setup: $(STAMP)
 # Re-runs only when the pinned set or the package metadata change: a second `make setup` takes seconds.
 $(STAMP): requirements/constraints.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c requirements/constraints.txt -e '.[s3prl,hear,results,teachers,distill,test]'
+	$(PIP) install -q -c requirements/constraints.txt -e '.[s3prl,hear,results,teachers,distill,xares,test]'
 	$(PIP) install -q --no-deps $(HEAR_NODEPS) $(TEACHER_NODEPS)
 	touch $@
 

@@ -1,5 +1,5 @@
 """The `usad` command: the library's subcommands plus the recipes' (corpora, superb, hear run,
-leaderboard, demo). It lives here because this layer sees both; the library never imports it."""
+leaderboard, demo, xares). It lives here because this layer sees both; the library never imports it."""
 from __future__ import annotations
 
 import sys
@@ -12,6 +12,7 @@ RECIPE_COMMANDS: tuple[str, ...] = (
     "downstream_recipes.corpora.commands",
     "downstream_recipes.commands",
     "downstream_recipes.demo.commands",
+    "downstream_recipes.xares.commands",
 )
 
 

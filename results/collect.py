@@ -5,7 +5,8 @@ Finds (anywhere below RUNS_DIR):
   the recipe's `usad_run.json` when present, else by s3prl's saved args;
 - HEAR runs: heareval embeddings task directories (`task_metadata.json` next to
   `.done.embeddings`, `*.embedding-dimensions.json` or `test.predicted-scores.json`), plus the
-  tasks a recipe manifest lists that have not produced anything yet.
+  tasks a recipe manifest lists that have not produced anything yet;
+- X-ARES runs (`usad xares run` manifests): xares's own mlp_score.txt / knn_score.txt per task.
 A task with no test score still gets a row (score NaN) whose status says why: running,
 interrupted, failed, no predictions, ...
 
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import heareval_scores, s3prl_logs
+from . import heareval_scores, s3prl_logs, xares_scores
 from .manifest import MANIFEST, checkpoint_hash, read_manifest, run_status
 from .published import COLUMNS, MEASURED
-from .tasks import HEAR, SUPERB, SUPERB_TASKS, superb_task_for_expert
+from .tasks import HEAR, SUPERB, SUPERB_TASKS, XARES, superb_task_for_expert
 
 S3PRL_DEFAULT_SEED = 1337  # run_downstream's --seed default
 HEAREVAL_SEED = 42  # heareval's predictions runner: seed_everything(42)
@@ -148,6 +149,25 @@ def _hear_run_rows(run_dir: Path, manifest: dict, runs_dir: Path, seen: set[Path
     return rows
 
 
+def _xares_run_rows(run_dir: Path, manifest: dict, runs_dir: Path) -> list[dict]:
+    """An X-ARES run: per task, the scores xares wrote (x100), or the task's status in their place."""
+    env = run_dir / str(manifest.get("env_dir", "env"))
+    status = run_status(manifest)
+    common = dict(model=str(manifest.get("model", "")), checkpoint_hash=str(manifest.get("checkpoint_hash", "") or ""),
+                  benchmark=XARES, split="test", run_id=run_dir.relative_to(runs_dir).as_posix(),
+                  date=str(manifest.get("updated", ""))[:10], source=MEASURED)
+    rows = []
+    for name, info in sorted((manifest.get("tasks") or {}).items()):
+        where = xares_scores.scores_dir(env, name, str(manifest.get("encoder_class", "")))
+        metrics = {"mlp": f"mlp_{info.get('metric', '')}", "knn": "knn_accuracy"}  # xares's kNN always scores accuracy
+        gap = "failed" if info.get("status") == "failed" else (status if status in ("running", "interrupted") else "missing")
+        for method in metrics if info.get("knn", True) else ("mlp",):
+            score = xares_scores.read_score(where, method)
+            rows.append(_row(task=str(info.get("formal_name", name)), metric=metrics[method],
+                             score=100.0 * score.value if score else float("nan"), status="done" if score else gap, **common))
+    return rows
+
+
 def collect(runs_dir: "str | Path") -> pd.DataFrame:
     """All measured rows under `runs_dir` (columns: results.published.COLUMNS)."""
     runs_dir = Path(runs_dir).resolve()
@@ -159,6 +179,8 @@ def collect(runs_dir: "str | Path") -> pd.DataFrame:
         manifest = read_manifest(path.parent)
         if manifest and manifest.get("benchmark") == HEAR:
             rows += _hear_run_rows(path.parent, manifest, runs_dir, seen)
+        elif manifest and manifest.get("benchmark") == XARES:
+            rows += _xares_run_rows(path.parent, manifest, runs_dir)
     for path in [runs_dir, *sorted(p for p in runs_dir.rglob("*") if p.is_dir())]:  # a run dir itself too
         if _is_s3prl_expdir(path):
             rows += _superb_rows(path, runs_dir)

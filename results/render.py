@@ -19,7 +19,7 @@ import pandas as pd
 
 from .published import COLUMNS, MEASURED, PUBLISHED, superb_baselines
 from .scores import hear_average, superb_score
-from .tasks import HEAR, HEAR_OFFICIAL, SUPERB, SUPERB_TASKS
+from .tasks import HEAR, HEAR_OFFICIAL, SUPERB, SUPERB_TASKS, XARES, XARES_METHODS
 from .uncertainty import summarise
 
 # Published models drawn in the chart next to the measured ones (all stay in the tables).
@@ -66,6 +66,21 @@ class Board:
 def _fmt(x: float, task: str) -> str:
     """Two decimals (percent units); MTWV, the one score on a 0..1 scale, gets four."""
     return f"{x:.4f}" if task == "QbE" else f"{x:.2f}"
+
+
+def _measured_cells(rows: pd.DataFrame) -> tuple[dict[str, str], dict[str, float], dict[str, tuple[float, float]]]:
+    """(display cell, score, 95% interval) per task of one model's summarised rows; the interval
+    is shown where it says something (several seeds or resampled items); a gap shows its status."""
+    cells, values, spans = {}, {}, {}
+    for rec in rows.itertuples(index=False):
+        if pd.notna(rec.score):
+            cells[rec.task], values[rec.task] = _fmt(rec.score, rec.task), float(rec.score)
+            if rec.resampled != "seeds only" or len(rec.seeds.split()) > 1:
+                cells[rec.task] += f" [{_fmt(rec.low, rec.task)}, {_fmt(rec.high, rec.task)}]"
+                spans[rec.task] = (float(rec.low), float(rec.high))
+        else:
+            cells[rec.task] = f"— {rec.status}"
+    return cells, values, spans
 
 
 def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame, official: bool = True) -> "Board | None":
@@ -116,16 +131,8 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
         nums.append({"Model": label, "Source": source, **{t: values.get(t, math.nan) for t in tasks}})
 
     for key, label in labels.items():
-        sub = m[(m["model"] == key[0]) & (m["checkpoint_hash"] == key[1])]
-        cells, values = {}, {}
-        for rec in sub.itertuples(index=False):
-            if pd.notna(rec.score):
-                cells[rec.task], values[rec.task] = _fmt(rec.score, rec.task), float(rec.score)
-                if rec.resampled != "seeds only" or len(rec.seeds.split()) > 1:
-                    cells[rec.task] += f" [{_fmt(rec.low, rec.task)}, {_fmt(rec.high, rec.task)}]"
-                    bounds[(label, rec.task)] = (float(rec.low), float(rec.high))
-            else:
-                cells[rec.task] = f"— {rec.status}"
+        cells, values, spans = _measured_cells(m[(m["model"] == key[0]) & (m["checkpoint_hash"] == key[1])])
+        bounds.update({(label, task): span for task, span in spans.items()})
         add(label, MEASURED, cells, values)
     for model, sub in p.groupby("model", sort=False):
         values = dict(zip(sub["task"], sub["score"].astype(float)))
@@ -146,6 +153,32 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
     attempted = [t for t in tasks if t in set(m["task"])]
     title = benchmark if official else f"{benchmark}: other tasks (measured here only)"
     return Board(benchmark, title, pd.DataFrame(rows), pd.DataFrame(nums), bounds, tasks, attempted, notes)
+
+
+def build_xares_board(measured: pd.DataFrame, method: str) -> "Board | None":
+    """The X-ARES table of one protocol ("mlp" probe or "knn"), measured rows only: no published
+    X-ARES numbers exist for local tasks. The mean is a plain one over each row's tasks; X-ARES
+    weighs tasks by test size, which `usad xares run` prints per run from xares's own function."""
+    m = measured[(measured["benchmark"] == XARES) & (measured["split"] == "test")]
+    m = summarise(m[m["metric"].str.startswith(f"{method}_")])
+    if m.empty:
+        return None
+    tasks = sorted(set(m["task"]))
+    rows, nums = [], []
+    bounds: dict[tuple[str, str], tuple[float, float]] = {}
+    for key, label in _labels(m).items():
+        cells, values, spans = _measured_cells(m[(m["model"] == key[0]) & (m["checkpoint_hash"] == key[1])])
+        bounds.update({(label, task): span for task, span in spans.items()})
+        mean = sum(values.values()) / len(values) if values else None
+        rows.append({"Model": label, "Source": MEASURED, **{t: cells.get(t, "") for t in tasks},
+                     "X-ARES mean": f"{mean:.1f} ({len(values)} tasks)" if mean is not None else ""})
+        nums.append({"Model": label, "Source": MEASURED, **{t: values.get(t, math.nan) for t in tasks}})
+    metrics = ", ".join(f"{task}: {metric[len(method) + 1:]}" for task, metric in
+                        sorted(set(zip(m["task"], m["metric"]))))
+    notes = [f"X-ARES {XARES_METHODS[method]} scores x100 from xares's own score files ({metrics}); "
+             "X-ARES mean = plain mean over the tasks each row has.",
+             "Measured on local tasks (usad corpora build): not comparable with published X-ARES numbers."]
+    return Board(XARES, f"X-ARES ({XARES_METHODS[method]})", pd.DataFrame(rows), pd.DataFrame(nums), bounds, tasks, tasks, notes)
 
 
 def runs_table(measured: pd.DataFrame) -> pd.DataFrame:
@@ -185,7 +218,7 @@ def chart_png(boards: list[Board]) -> bytes:
                              squeeze=False)
     for ax, board, tasks in zip(axes[:, 0], boards, chosen):
         nums = board.numbers
-        nums = nums[(nums["Source"] == MEASURED) | nums["Model"].isin(CHART_PUBLISHED[board.benchmark])]
+        nums = nums[(nums["Source"] == MEASURED) | nums["Model"].isin(CHART_PUBLISHED.get(board.benchmark, ()))]
         width = 0.8 / max(1, len(nums))
         for i in range(len(nums)):
             rec = nums.iloc[i]
@@ -248,7 +281,8 @@ def render(measured: pd.DataFrame, published: pd.DataFrame, out_dir: "str | Path
     tidy.to_csv(paths["csv"], index=False)
     summarise(measured).to_csv(paths["summary"], index=False)
     boards = [b for b in (build_board(SUPERB, measured, published), build_board(HEAR, measured, published),
-                          build_board(HEAR, measured, published, official=False)) if b is not None]
+                          build_board(HEAR, measured, published, official=False),
+                          *(build_xares_board(measured, method) for method in XARES_METHODS)) if b is not None]
     runs = runs_table(measured)
 
     # The chart compares what was measured; published-only boards are in the tables.

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 SUPERB = "SUPERB"
 HEAR = "HEAR"
+XARES = "X-ARES"
+# X-ARES's two protocols on frozen embeddings: a trained linear probe ("MLP") and kNN.
+XARES_METHODS = {"mlp": "MLP", "knn": "kNN"}
 
 
 @dataclass(frozen=True)

@@ -621,3 +621,15 @@ def patch_s3prl() -> list[str]:
     if not torch.cuda.is_available() and after_import(SV_EXPERT, _sv_mask_stays_on_cpu):
         added.append(f"{SV_EXPERT} on CPU")
     return added
+
+
+def patch_xares() -> list[str]:
+    """Make xares 0.1.3 (X-ARES) import and read its WebDataset audio on this stack; call
+    before importing xares. Idempotent; returns what it added.
+
+    xares imports torchaudio at top level (its native extension cannot load beside a CPU
+    torch), and webdataset's `torch_audio` decoder reads every clip with `torchaudio.load`,
+    which torchaudio >= 2.9 routes to torchcodec. xares decodes with a handler that only warns
+    and skips a sample that fails, so without soundfile I/O every clip would be dropped in silence.
+    """
+    return _add_soundfile_io(import_torchaudio())

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import fluent, hear, iemocap, librimix, librispeech, pool, quesst, snips, sources, speech_commands, voxceleb, voxceleb_sv
+from . import (fluent, hear, iemocap, librimix, librispeech, pool, quesst, snips, sources, speech_commands, voxceleb,
+               voxceleb_sv, xares_tasks)
 from .common import SIZES, Size
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,10 @@ STAGES: dict[str, tuple[str, Callable[[Path, Size, int, Path], None]]] = {
     "voxceleb1_sv": ("VoxCeleb1_sv", lambda root, size, seed, out: voxceleb_sv.build(root, size, seed)),
     "snips": ("SNIPS", lambda root, size, seed, out: snips.build(root, size, seed)),
     "quesst14": ("quesst14Database", lambda root, size, seed, out: quesst.build(root, size, seed)),
+    "xares": ("xares", lambda root, size, seed, out: xares_tasks.build(root, out / "hear", size, seed)),
 }
-# Stages whose builders read another stage's output.
-NEEDS = {"hear": "speech_commands", "librimix_sd": "librispeech"}
+# Stages whose builders read another stage's output (built first when missing, transitively).
+NEEDS = {"hear": "speech_commands", "librimix_sd": "librispeech", "xares": "hear"}
 
 
 def _marker(out: Path, stage: str) -> Path:
@@ -47,9 +49,11 @@ def build_corpora(out: "str | Path", size: str = "mini", seed: int = 0, stages: 
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
-    for stage, need in NEEDS.items():  # e.g. the HEAR keywords task reuses the KS audio
-        if stage in chosen and need not in chosen and not _marker(Path(out), need).is_file():
-            chosen = [need] + chosen
+    added = True
+    while added:  # what the chosen stages read, and what that reads (xares -> hear -> speech_commands)
+        missing = [need for stage, need in NEEDS.items()
+                   if stage in chosen and need not in chosen and not _marker(Path(out), need).is_file()]
+        chosen, added = missing + chosen, bool(missing)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     params = {"size": size, "seed": seed}
@@ -106,6 +110,7 @@ USAGE = {
     "snips": "s3prl -d ctc (snips): corpus.path=<dir>, text.slots_file=<dir>/slots.txt, text.vocab_file=<dir>/character.txt",
     "quesst14": "s3prl -d quesst14_dtw: datarc.dataset_root=<dir>; score benchmark.stdlist.xml with "
     "downstream_recipes/superb/quesst_score.py against <dir>/scoring/groundtruth_quesst14_{dev,eval}",
+    "xares": "usad xares run -k CKPT --tasks <dir> (X-ARES's own runner)",
 }
 
 
