@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -130,11 +131,60 @@ def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Pat
     test = measured[measured["split"] == "test"].set_index(["benchmark", "model"])["score"]
     assert set(test.index) == {("SUPERB", "usad-tiny"), ("SUPERB", "fbank"), ("HEAR", "hear_api-tiny"),
                                ("HEAR", "bands_module")}
-    assert test.notna().all() and ((test >= 0) & (test <= 100)).all()
+    # every number traced back to the file that produced it: s3prl's test-stage log and log.log,
+    # heareval's test.predicted-scores.json
+    dev = measured[measured["split"] == "dev"].set_index(["benchmark", "model"])["score"]
+    ks = {}
+    for model in ("usad-tiny", "fbank"):
+        expdir = runs / "superb" / "KS" / model
+        (acc,) = re.findall(r"^test acc: ([0-9.]+)$", (expdir / "usad_test.log").read_text(), re.M)
+        devs = [float(x) for x in re.findall(r"^dev at step \d+: ([0-9.]+)$", (expdir / "log.log").read_text(), re.M)]
+        ks[model] = 100 * float(acc)
+        assert test["SUPERB", model] == pytest.approx(ks[model], abs=1e-9)
+        assert devs and dev["SUPERB", model] == pytest.approx(100 * max(devs), abs=1e-9)
+    hear = {}
+    for model, subdir in (("hear_api-tiny", "hear_api"), ("bands_module", "bands_module")):
+        scores = json.loads((runs / "hear" / model / "embeddings" / subdir / "tones-v1-full" / "test.predicted-scores.json").read_text())
+        hear[model] = 100 * scores["test"]["test_top1_acc"]
+        assert test["HEAR", model] == pytest.approx(hear[model], abs=1e-9)
+
     paths = render(measured, load_published(), tmp_path / "board")
     table = pd.read_csv(paths["csv"])
     assert (table["source"] == "measured here").sum() == len(measured)
     md = paths["md"].read_text()
     for model in ("usad-tiny", "fbank", "hear_api-tiny", "bands_module", "USAD Base"):
         assert model in md
+    # the SUPERB score, by hand: 1000 (s - s_fbank) / (s_sota - s_fbank) over KS, with the published
+    # FBANK row and the best published KS accuracy, and once more against the fbank measured here
+    reference = Path(__file__).resolve().parents[1] / "results" / "reference"
+    board = pd.read_csv(reference / "superb_leaderboard.csv")
+    paper = pd.read_csv(reference / "usad_paper_superb.csv")
+    fbank_pub = float(board.loc[board["model"] == "FBANK", "KS_acc"].iloc[0])
+    sota = max(board.loc[board["model"] != "FBANK", "KS_acc"].max(), paper["KS1_acc"].max())
+    for model in ("usad-tiny", "fbank"):
+        cells = _md_row(md, model, "KS (ACC ↑)")
+        assert cells["KS (ACC ↑)"] == f"{ks[model]:.2f}"
+        assert cells["SUPERB score"] == f"{1000 * (ks[model] - fbank_pub) / (sota - fbank_pub):.1f} (1 tasks)"
+        own = 1000 * (ks[model] - ks["fbank"]) / (sota - ks["fbank"])
+        assert cells["SUPERB score vs measured fbank"] == f"{own:.1f} (1 tasks)"
+    # the HEAR average of one local task is that task's score (several tasks: test_promises_hear.py)
+    for model in ("hear_api-tiny", "bands_module"):
+        cells = _md_row(md, model, "HEAR average")
+        assert cells["tones-v1-full"] == f"{hear[model]:.2f}"
+        assert cells["HEAR average"] == f"{hear[model]:.1f} (1 tasks, 0 official)"
     assert paths["png"].stat().st_size > 1000
+
+
+def _md_row(md: str, model: str, column: str) -> dict[str, str]:
+    """The cells of `model`'s row in the Markdown table that has `column`, by header."""
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        header = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and column in header:
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                cells = [c.strip() for c in row.strip().strip("|").split("|")]
+                if cells[0] == model:
+                    return dict(zip(header, cells))
+    raise AssertionError(f"no row {model!r} in a table with column {column!r}:\n{md}")

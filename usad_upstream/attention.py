@@ -104,8 +104,8 @@ class RelPositionSelfAttention(nn.Module):
         matmul per layer. The weight's version counter invalidates the cache after any update.
         """
         weight = self.pos_proj.weight
-        key = (pos.shape[0], pos.dtype, pos.device, weight._version, weight.data_ptr())
-        cacheable = not torch.is_grad_enabled()
+        cacheable = not torch.is_grad_enabled() and not weight.is_inference()  # inference tensors have no version
+        key = (pos.shape[0], pos.dtype, pos.device, weight._version, weight.data_ptr()) if cacheable else None
         if cacheable and self._pos_cache is not None and self._pos_cache[0] == key:
             return self._pos_cache[1]
         p = (self.pos_proj(pos) * (1.0 / math.sqrt(self.score_dim))).view(-1, self.heads, self.head_dim)
