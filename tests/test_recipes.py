@@ -93,10 +93,23 @@ def test_pr_prepares_libriphone_csvs_and_dataset(tmp_path: Path) -> None:
 
 
 def test_distributed_sampler_wrapper_shards_the_draws() -> None:
-    sampler = torch.utils.data.WeightedRandomSampler([1.0, 0.0, 1.0, 0.0], 8, generator=torch.Generator().manual_seed(0))
-    parts = [list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
-    assert len(parts[0]) == len(parts[1]) == 4
-    assert set(parts[0] + parts[1]) <= {0, 2}
+    """Every rank draws the same weighted sample (same seed, as in DDP) and takes its own share of
+    it: together the ranks see exactly that one draw, each position once."""
+    weights = [1.0, 0.0, 2.0, 0.5, 1.0, 3.0, 0.0, 1.5, 1.0, 0.25]
+
+    def sampler() -> torch.utils.data.WeightedRandomSampler:
+        return torch.utils.data.WeightedRandomSampler(weights, 40, generator=torch.Generator().manual_seed(0))
+
+    draws = list(sampler())
+    for shuffle in (False, True):
+        wrappers = [DistributedSamplerWrapper(sampler(), num_replicas=2, rank=r, shuffle=shuffle) for r in (0, 1)]
+        for w in wrappers:
+            w.set_epoch(3)
+        parts = [list(w) for w in wrappers]
+        assert len(parts[0]) == len(parts[1]) == 20 and parts[0] != parts[1]
+        assert sorted(parts[0] + parts[1]) == sorted(draws)  # the one draw, shared out
+        if not shuffle:  # DistributedSampler's own split: positions r, r + 2, ...
+            assert parts == [draws[0::2], draws[1::2]]
 
 
 def _fake_stream(calls: list[list[str]], expdir_files: dict[str, str]):  # type: ignore[no-untyped-def]

@@ -169,6 +169,22 @@ def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Pat
         assert found is not None and found.score == pytest.approx(row.score, abs=1e-4), row
     usad_rows = measured[measured["model"] == "usad-tiny"]
     assert usad_rows["checkpoint_hash"].nunique() == 1  # one checkpoint, one model in both benchmarks
+    # every number traced back to the file that produced it: s3prl's test-stage log and log.log,
+    # heareval's test.predicted-scores.json, run by run
+    dev = measured[measured["split"] == "dev"].set_index("run_path")["score"]
+    traced: dict[tuple[str, str], list[float]] = {}
+    for row in test.itertuples(index=False):
+        where = Path(row.run_path)
+        if row.benchmark == "SUPERB":
+            (acc,) = re.findall(r"^test acc: ([0-9.]+)$", (where / "usad_test.log").read_text(), re.M)
+            devs = [float(x) for x in re.findall(r"^dev at step \d+: ([0-9.]+)$", (where / "log.log").read_text(), re.M)]
+            assert devs and dev[row.run_path] == pytest.approx(100 * max(devs), abs=1e-5)  # the dev row may come from float32 event files
+            value = 100 * float(acc)
+        else:
+            value = 100 * json.loads((where / "test.predicted-scores.json").read_text())["test"]["test_top1_acc"]
+        assert row.score == pytest.approx(value, abs=1e-9), row
+        traced.setdefault((row.benchmark, row.model), []).append(value)
+    mean = {key: sum(v) / len(v) for key, v in traced.items()}  # the boards show the mean over seeds
     paths = render(measured, load_published(), tmp_path / "board")
     table = pd.read_csv(paths["csv"])
     assert (table["source"] == "measured here").sum() == len(measured)
@@ -181,4 +197,38 @@ def test_superb_and_hear_into_a_leaderboard(tmp_path: Path, tiny_checkpoint: Pat
     md = paths["md"].read_text()
     for model in ("usad-tiny", "fbank", "bands_module", "USAD Base"):
         assert model in md
+    # the SUPERB score, by hand: 1000 (s - s_fbank) / (s_sota - s_fbank) over KS, with the published
+    # FBANK row and the best published KS accuracy, and once more against the fbank measured here
+    reference = Path(__file__).resolve().parents[1] / "results" / "reference"
+    board = pd.read_csv(reference / "superb_leaderboard.csv")
+    paper = pd.read_csv(reference / "usad_paper_superb.csv")
+    fbank_pub = float(board.loc[board["model"] == "FBANK", "KS_acc"].iloc[0])
+    sota = max(board.loc[board["model"] != "FBANK", "KS_acc"].max(), paper["KS1_acc"].max())
+    ks = {model: mean[("SUPERB", model)] for model in ("usad-tiny", "fbank")}
+    for model in ks:
+        cells = _md_row(md, model, "KS (ACC ↑)")
+        assert cells["KS (ACC ↑)"].split(" [")[0] == f"{ks[model]:.2f}"
+        assert cells["SUPERB score"] == f"{1000 * (ks[model] - fbank_pub) / (sota - fbank_pub):.1f} (1 tasks)"
+        own = 1000 * (ks[model] - ks["fbank"]) / (sota - ks["fbank"])
+        assert cells["SUPERB score vs measured fbank"] == f"{own:.1f} (1 tasks)"
+    # the HEAR average of one local task is that task's score (several tasks: test_promises_hear.py)
+    for model in ("usad-tiny", "bands_module"):
+        cells = _md_row(md, model, "HEAR average")
+        assert cells["tones-v1-full"].split(" [")[0] == f"{mean[('HEAR', model)]:.2f}"
+        assert cells["HEAR average"] == f"{mean[('HEAR', model)]:.1f} (1 tasks, 0 official)"
     assert paths["png"].stat().st_size > 1000
+
+
+def _md_row(md: str, model: str, column: str) -> dict[str, str]:
+    """The cells of `model`'s row in the Markdown table that has `column`, by header."""
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        header = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and column in header:
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                cells = [c.strip() for c in row.strip().strip("|").split("|")]
+                if cells[0] == model:
+                    return dict(zip(header, cells))
+    raise AssertionError(f"no row {model!r} in a table with column {column!r}:\n{md}")
