@@ -26,7 +26,7 @@ demo: setup
 	$(PY) -m downstream_recipes.cli demo run $(if $(QUICK),--quick) $(if $(FORCE),--force) $(if $(RECIPE),--recipe $(RECIPE))
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs --durations=15 tests  # -rs: every skip with its reason; the summary line counts them
 
 clean-venv:
 	rm -rf $(VENV)
