@@ -10,9 +10,10 @@ validate / embed / predict); `register` below attaches it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from .taskdirs import model_options
 
 
 def _scores(run_dir: Path) -> None:
@@ -54,12 +55,7 @@ def _superb_run(args: argparse.Namespace) -> int:
 def _hear_run(args: argparse.Namespace) -> int:
     from .hear.runner import HearRun, HearRunError, run_hear
 
-    try:
-        options = json.loads(args.model_options)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--model-options is not valid JSON ({exc})") from None
-    if not isinstance(options, dict):
-        raise ValueError("--model-options must be a JSON object")
+    options = model_options(args.model_options)
     run = HearRun(
         module=args.module, tasks_dir=Path(args.tasks_dir), model=Path(args.model) if args.model else None,
         runs_dir=Path(args.runs_dir), name=args.name, grid=args.grid, grid_points=args.grid_points, tasks=tuple(args.task or ()),

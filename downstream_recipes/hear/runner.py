@@ -28,6 +28,8 @@ from typing import Callable, Iterator
 from results.manifest import checkpoint_hash, default_model_name, now, owner, read_manifest, refuse_other_run, write_manifest
 from results.tasks import HEAR
 
+from ..taskdirs import select_task_dirs
+
 LOG = "usad_hear.log"
 
 GRIDS = ("default", "fast", "faster")
@@ -172,19 +174,7 @@ def heareval_seed(seed: "int | None") -> Iterator[None]:
 
 def task_dirs(tasks_dir: Path, only: tuple[str, ...] = ()) -> list[Path]:
     """HEAR task directories (those with a task_metadata.json), optionally a named subset."""
-    tasks_dir = Path(tasks_dir)
-    if not tasks_dir.is_dir():
-        raise ValueError(f"--tasks-dir {tasks_dir}: not a directory")
-    found = sorted(p for p in tasks_dir.iterdir() if (p / "task_metadata.json").is_file())
-    if only:
-        names = {p.name for p in found}
-        unknown = [t for t in only if t not in names]
-        if unknown:
-            raise ValueError(f"tasks {unknown} not in {tasks_dir} (has: {', '.join(sorted(names)) or 'none'})")
-        found = [p for p in found if p.name in only]
-    if not found:
-        raise ValueError(f"{tasks_dir}: no HEAR task directories (subfolders with task_metadata.json)")
-    return found
+    return select_task_dirs(tasks_dir, "task_metadata.json", only, "--tasks-dir", "HEAR task")
 
 
 def _task_info(task_dir: Path) -> dict:

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from ..taskdirs import model_options
 
 
 def _options(args: argparse.Namespace) -> dict:
-    try:
-        options = json.loads(args.model_options)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--model-options is not valid JSON ({exc})") from None
-    if not isinstance(options, dict):
-        raise ValueError("--model-options must be a JSON object")
+    options = model_options(args.model_options)
     for key in ("layers", "pooling", "target_layer"):
         value = getattr(args, key)
         if value is not None:

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ..taskdirs import select_task_dirs
+
 TASK_ENV = "USAD_XARES_TASK"
 ENV_ROOT_ENV = "USAD_XARES_ENV_ROOT"
 TASK_FILE = "task.json"
@@ -71,19 +73,7 @@ def read_task(task_dir: "str | Path") -> dict:
 
 def task_dirs(tasks: "str | Path", only: "tuple[str, ...]" = ()) -> list[Path]:
     """The local task folders under `tasks` (or `tasks` itself when it is one), optionally a named subset."""
-    tasks = Path(tasks)
-    if not tasks.is_dir():
-        raise ValueError(f"--tasks {tasks}: not a directory")
-    found = [tasks] if (tasks / TASK_FILE).is_file() else sorted(p for p in tasks.iterdir() if (p / TASK_FILE).is_file())
-    if only:
-        names = {p.name for p in found}
-        unknown = [t for t in only if t not in names]
-        if unknown:
-            raise ValueError(f"tasks {unknown} not in {tasks} (has: {', '.join(sorted(names)) or 'none'})")
-        found = [p for p in found if p.name in only]
-    if not found:
-        raise ValueError(f"{tasks}: no X-ARES task folders (subfolders with {TASK_FILE})")
-    return found
+    return select_task_dirs(tasks, TASK_FILE, only, "--tasks", "X-ARES task", itself=True)
 
 
 def _frame_targets(spec: dict, hop_ms: float) -> Callable[[dict], Any]:
