@@ -268,18 +268,20 @@ def hear_items(task_dir: Path) -> Items:
 
 
 def collect_items(runs_dir: Path, model: str, hear_tasks: "tuple[str, ...]", superb_tasks: "tuple[str, ...]") -> dict[tuple[str, str], list[Items]]:
-    """(benchmark, task) -> per-seed item results of `model`. A seed's run is `<model>` or
-    `<model>-seed<N>` (room for several probe seeds per task); missing runs are left out."""
+    """(benchmark, task) -> per-seed item results of `model`: its run directory, or one
+    `seed-N/` folder per probe seed in it (`usad superb/hear run --seed`); missing runs are left out."""
     runs_dir = Path(runs_dir)
     found: dict[tuple[str, str], list[Items]] = {}
     for task in superb_tasks:
-        dirs = sorted(p for p in (runs_dir / "superb" / task).glob(f"{model}*") if p.name == model or p.name.startswith(f"{model}-seed"))
+        base = runs_dir / "superb" / task / model
+        dirs = [base, *sorted(base.glob("seed-*"))] if base.is_dir() else []
         seeds = [superb_items(d, task) for d in dirs if any(d.glob("test*"))]
         if seeds:
             found[("SUPERB", task)] = seeds
     for task in hear_tasks:
-        dirs = sorted(p for p in (runs_dir / "hear").glob(f"{model}*") if p.name == model or p.name.startswith(f"{model}-seed"))
-        seeds = [hear_items(t) for d in dirs for t in (d / "embeddings").glob(f"*/{task}") if (t / "test.predictions.pkl").is_file()]
+        base = runs_dir / "hear" / model
+        places = [*sorted(base.glob(f"embeddings/*/{task}")), *sorted(base.glob(f"seed-*/{task}"))]
+        seeds = [hear_items(t) for t in places if (t / "test.predictions.pkl").is_file()]
         if seeds:
             found[("HEAR", task)] = seeds
     return found
