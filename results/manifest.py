@@ -31,6 +31,15 @@ def checkpoint_hash(path: "str | Path | None") -> str:
     return content_hash(path) if path else ""
 
 
+def resolved_checkpoint(spec: "str | Path") -> tuple[str, str]:
+    """(path for the tool, content hash) of any checkpoint form the library resolves: a student
+    file, a release snapshot or a hub id (hashed over config.json + weights)."""
+    from usad_upstream.release import resolve_checkpoint
+
+    resolved = resolve_checkpoint(spec)
+    return str(resolved.path.resolve()), "+".join(checkpoint_hash(p) for p in resolved.hash_files)
+
+
 def default_model_name(tool_name: str, checkpoint: "str | Path | None") -> str:
     """`<family>-<checkpoint stem>` (or the family alone without a checkpoint), the same in every benchmark."""
     family = MODEL_FAMILY.get(tool_name, tool_name)

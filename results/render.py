@@ -19,7 +19,7 @@ import pandas as pd
 
 from .published import COLUMNS, MEASURED, PUBLISHED, superb_baselines
 from .scores import hear_average, superb_score
-from .tasks import HEAR, HEAR_OFFICIAL, SUPERB, SUPERB_TASKS, XARES, XARES_METHODS
+from .tasks import HEAR, HEAR_OFFICIAL, SUPERB, SUPERB_TASKS, XARES, XARES_METHODS, is_primary_metric
 from .uncertainty import summarise
 
 # Published models drawn in the chart next to the measured ones (all stay in the tables).
@@ -95,7 +95,7 @@ def build_board(benchmark: str, measured: pd.DataFrame, published: pd.DataFrame,
         primary = [SUPERB_TASKS[t].metric == metric for t, metric in zip(p["task"], p["metric"])]
         p = p[pd.Series(primary, index=p.index, dtype=bool)]
         if not m.empty:
-            m = m[[t not in SUPERB_TASKS or SUPERB_TASKS[t].metric == metric for t, metric in zip(m["task"], m["metric"])]]
+            m = m[[is_primary_metric(SUPERB, t, metric) for t, metric in zip(m["task"], m["metric"])]]
     if m.empty and p.empty:
         return None
     tasks = _task_order(benchmark, set(m["task"]) | set(p["task"]))

@@ -137,3 +137,9 @@ def hear_task_name(task_dir_name: str, task_name: str) -> str:
         if task.variant is None or task.variant in sizes:
             return task.name
     return task_dir_name
+
+
+def is_primary_metric(benchmark: str, task: str, metric: str) -> bool:
+    """Whether `metric` is the one that ranks `task` (SF also logs slot-value CER beside its F1);
+    every metric counts for benchmarks and tasks without a SUPERB spec."""
+    return benchmark != SUPERB or task not in SUPERB_TASKS or SUPERB_TASKS[task].metric == metric

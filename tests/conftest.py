@@ -26,3 +26,10 @@ def tone(seconds: float, freq: float = 440.0, sr: int = 16000) -> torch.Tensor:
     t = torch.arange(int(seconds * sr)) / sr
     gen = torch.Generator().manual_seed(int(freq))
     return 0.3 * torch.sin(2 * math.pi * freq * t) + 0.01 * torch.randn(t.shape, generator=gen)
+
+
+def config_for(root: Path, run: str, *overrides: str) -> dict:
+    """The distillation config in root/base.yaml with run_dir root/run and dotted overrides."""
+    from usad_upstream.distill.config import load_config
+
+    return load_config(str(root / "base.yaml"), [f"run_dir={root / run}", *overrides])

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from conftest import config_for
 from usad_upstream import build_model, load_model, save_checkpoint
 from downstream_recipes.cli import main
 from usad_upstream.distill.cache import TargetCache, build_cache
-from usad_upstream.distill.config import load_config
 from usad_upstream.distill.data import DataConfig, build_manifest, read_manifest, write_manifest
 from usad_upstream.distill.trainer import distilled_teacher_layers, teacher_specs, train
 from usad_upstream.teachers import build_teacher
@@ -71,10 +71,6 @@ def setup(tmp_path_factory):
     }
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     return root
-
-
-def config_for(root, run, *overrides):
-    return load_config(str(root / "base.yaml"), [f"run_dir={root / run}", *overrides])
 
 
 def losses(run_dir):

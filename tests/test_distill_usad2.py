@@ -13,8 +13,8 @@ import soundfile as sf
 import torch
 import yaml
 
+from conftest import config_for
 from usad_upstream import build_model, save_checkpoint
-from usad_upstream.distill.config import load_config
 from usad_upstream.distill.data import DOMAINS, DataConfig, DistillData, build_manifest, write_manifest
 from usad_upstream.distill.trainer import build_teachers, student_frames, teacher_specs, train
 from usad_upstream.distill.objective import DistillObjective
@@ -56,10 +56,6 @@ def setup(tmp_path_factory):
     }
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     return root
-
-
-def config_for(root, run, *overrides):
-    return load_config(str(root / "base.yaml"), [f"run_dir={root / run}", *overrides])
 
 
 def rows(run_dir):

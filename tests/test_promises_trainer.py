@@ -18,6 +18,7 @@ import soundfile as sf
 import torch
 import yaml
 
+from conftest import config_for
 from usad_upstream import build_model, save_checkpoint
 from usad_upstream.distill.config import load_config
 from usad_upstream.distill.data import build_manifest, write_manifest
@@ -51,10 +52,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     return root
-
-
-def config_for(root: Path, run: str, *overrides: str) -> dict:
-    return load_config(str(root / "base.yaml"), [f"run_dir={root / run}", *overrides])
 
 
 def metrics(run_dir: "str | Path") -> dict[int, dict[str, float]]:

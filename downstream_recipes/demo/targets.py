@@ -24,7 +24,7 @@ import pandas as pd
 from results.collect import collect
 from results.intervals import (INCONCLUSIVE, MET, MISSED, IntervalError, Runs, all_of, mean_difference_interval,
                                paired_interval, safe_ratio, score_interval, verdict)
-from results.tasks import SUPERB, SUPERB_TASKS
+from results.tasks import SUPERB, SUPERB_TASKS, is_primary_metric
 from results.uncertainty import runs_by_cell
 
 from .machines import save_record
@@ -36,8 +36,7 @@ KEEP, ERROR_RATE_LIMIT = 0.9, 1.1
 
 def primary_metric(measured: pd.DataFrame) -> pd.DataFrame:
     """Rows of each SUPERB task's own metric (SF also logs slot-value CER beside its F1)."""
-    keep = [b != SUPERB or t not in SUPERB_TASKS or SUPERB_TASKS[t].metric == m
-            for b, t, m in zip(measured["benchmark"], measured["task"], measured["metric"])]
+    keep = [is_primary_metric(b, t, m) for b, t, m in zip(measured["benchmark"], measured["task"], measured["metric"])]
     return measured[keep]
 
 

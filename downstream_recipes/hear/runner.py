@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from results.manifest import checkpoint_hash, default_model_name, now, owner, read_manifest, refuse_other_run, write_manifest
+from results.manifest import (checkpoint_hash, default_model_name, now, owner, read_manifest, refuse_other_run, resolved_checkpoint,
+                              write_manifest)
 from results.tasks import HEAR
 
 from ..taskdirs import select_task_dirs
@@ -204,12 +205,11 @@ def _model(run: HearRun) -> tuple["str | None", str]:
     if run.model is None:
         return None, ""
     if run.module == "hear_api":
-        from usad_upstream.release import TRUST_ENV, resolve_checkpoint
+        from usad_upstream.release import TRUST_ENV
 
-        resolved = resolve_checkpoint(run.model)
         if run.trust_remote_code:
             os.environ[TRUST_ENV] = "1"  # heareval's runner calls hear_api.load_model in this process
-        return str(resolved.path.resolve()), "+".join(checkpoint_hash(p) for p in resolved.hash_files)
+        return resolved_checkpoint(run.model)
     if not Path(run.model).is_file():
         raise ValueError(f"--model {run.model}: file not found")
     return str(Path(run.model).resolve()), checkpoint_hash(run.model)

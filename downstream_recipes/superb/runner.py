@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 from results import s3prl_logs
-from results.manifest import checkpoint_hash, default_model_name, now, owner, read_manifest, refuse_other_run, write_manifest
+from results.manifest import (checkpoint_hash, default_model_name, now, owner, read_manifest, refuse_other_run, resolved_checkpoint,
+                              write_manifest)
 from results.tasks import SUPERB, SUPERB_TASKS
 
 from .recipes import Recipe, format_overrides, get_recipe, step_overrides, unknown_config_keys
@@ -156,10 +157,7 @@ def _checkpoint(run: SuperbRun) -> tuple["str | None", str]:
     if run.upstream_ckpt is None:
         return None, ""
     if run.upstream in ("usad", "usad_local"):
-        from usad_upstream.release import resolve_checkpoint
-
-        resolved = resolve_checkpoint(run.upstream_ckpt)
-        return str(resolved.path.resolve()), "+".join(checkpoint_hash(p) for p in resolved.hash_files)
+        return resolved_checkpoint(run.upstream_ckpt)
     if not Path(run.upstream_ckpt).is_file():
         raise ValueError(f"upstream checkpoint not found: {run.upstream_ckpt}")
     return str(Path(run.upstream_ckpt).resolve()), checkpoint_hash(run.upstream_ckpt)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from results.manifest import checkpoint_hash, default_model_name, now, owner, read_manifest, write_manifest
+from results.manifest import default_model_name, now, owner, read_manifest, refuse_other_run, resolved_checkpoint, write_manifest
 from results.tasks import XARES
 from results.xares_scores import Score, read_score, scores_dir
 from usad_upstream.xares_encoder import CHECKPOINT_ENV, OPTIONS_ENV
@@ -113,14 +113,6 @@ def last_error(log: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _resolve(run: XaresRun) -> tuple[str, str]:
-    """(checkpoint path for the encoder, its hash): any form the library resolves."""
-    from usad_upstream.release import resolve_checkpoint
-
-    resolved = resolve_checkpoint(run.checkpoint)
-    return str(resolved.path.resolve()), "+".join(checkpoint_hash(p) for p in resolved.hash_files)
-
-
 def _encoder_options(run: XaresRun) -> dict:
     return dict(run.options, trust_remote_code=True) if run.trust_remote_code else dict(run.options)
 
@@ -139,9 +131,8 @@ def check_encoder(checkpoint: str, options: dict) -> None:
 
 def _open_manifest(run: XaresRun, checkpoint: str, ckpt_hash: str, options: dict) -> dict:
     manifest = read_manifest(run.run_dir)
-    if manifest is not None and (manifest.get("checkpoint_hash"), manifest.get("options")) != (ckpt_hash, options):
-        raise ValueError(f"{run.run_dir} holds an X-ARES run of checkpoint {manifest.get('checkpoint_hash')!r} with "
-                         f"options {manifest.get('options')}; pick another --name")
+    if manifest is not None:  # one run per directory, as for SUPERB and HEAR runs
+        refuse_other_run(run.run_dir, manifest, {"checkpoint_hash": ckpt_hash, "options": options}, checkpoint)
     return manifest or {
         "benchmark": XARES, "model": run.model_name, "checkpoint": checkpoint, "checkpoint_hash": ckpt_hash,
         "options": options, "tasks_dir": str(Path(run.tasks_dir).resolve()), "encoder": ENCODER_MODULE,
@@ -216,7 +207,7 @@ def _run_task(task_dir: Path, spec: dict, run_dir: Path, env: dict[str, str], ec
 
 def run_xares(run: XaresRun) -> Path:
     """Every task through xares's runner; returns the run directory."""
-    checkpoint, ckpt_hash = _resolve(run)
+    checkpoint, ckpt_hash = resolved_checkpoint(run.checkpoint)
     options = _encoder_options(run)
     dirs = task_dirs(run.tasks_dir, run.tasks)
     run_dir = run.run_dir
