@@ -764,12 +764,17 @@ class DistillData:
                 fresh = True
             if fresh:
                 self.planner.epoch(epoch).save(directory, key)
-            for old in self.plan_dir.glob("epoch_*"):  # earlier epochs are done with
-                if old.name < directory.name:
-                    remove_dir(old)
         if dist.is_initialized():
             dist.barrier()
-        return Plan.load(self.planner, epoch, directory)
+        plan = Plan.load(self.planner, epoch, directory)
+        if self.rank == 0:
+            # Earlier epochs are done with only once every rank has passed this epoch's barrier, i.e.
+            # has mapped the previous plan: a run resumed at an epoch's last step reaches the next
+            # epoch in rank 0 while a slower rank is still mapping the previous one.
+            for old in self.plan_dir.glob("epoch_*"):
+                if old.name < directory.name:
+                    remove_dir(old)
+        return plan
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "step": self.step}
