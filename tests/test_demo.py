@@ -171,23 +171,27 @@ def test_stages_needing_unknown_or_each_other_are_refused(tmp_path: Path) -> Non
 
 
 def test_full_suite_adds_the_six_tasks_for_the_same_models(tmp_path: Path) -> None:
-    from downstream_recipes.demo.pipeline import BASE_CORPORA, FULL, SUITES, Demo
+    from downstream_recipes.demo.pipeline import BASE_CORPORA, BASELINES, FULL, SUITES, Demo
 
-    def stages(name: str, **kw: str) -> dict:
+    def stages(name: str, **kw: object) -> dict:
         demo = Demo(tmp_path / name, tmp_path / "r", **kw)
         demo.models.mkdir(parents=True)  # stages() writes the teachers' spec files there
         return {s.name: s for s in demo.stages()}
 
     base, full = stages("a"), stages("b", suite="full")
     extra = set(full) - set(base)
-    assert extra == {"corpora_full"} | {f"superb-{t}-{m}" for t in SUITES["full"] for m in MODELS}
-    assert {f"superb-{t}-{m}" for t in FULL.superb_steps for m in MODELS} <= set(base)
+    assert extra == {"corpora_full"} | {f"superb-{t}-{m}" for t in SUITES["full"] for m in DECIDING}
+    evaluated = {s.rsplit("-", 1)[1] for s in base if s.startswith(("superb-", "hear-"))}
+    assert evaluated == set(DECIDING)  # a full run evaluates the baselines only when asked
+    assert {f"superb-{t}-{m}" for t in FULL.superb_steps for m in DECIDING} <= set(base)
+    with_baselines = stages("d", models=MODELS)
+    assert {f"{b}-{m}" for b in ("hear", "superb-PR") for m in BASELINES} <= set(with_baselines)
     # make demo builds only its own corpora; the extra ones come after the distillation's inputs
     assert base["corpora"].command[-2 * len(BASE_CORPORA):] == [a for s in BASE_CORPORA for a in ("--stage", s)]
     assert "corpora_full" not in full["distill"].needs and full["corpora_full"].needs == ("corpora",)
     names = list(full)
     assert names.index("corpora_full") > names.index("export")
-    qbe, asr = full["superb-QbE-usad_student"], full["superb-ASR-fbank"]
+    qbe, asr = full["superb-QbE-usad_student"], full["superb-ASR-speech_teacher"]
     assert "--override" not in qbe.command and qbe.command[qbe.command.index("--steps") + 1] == "0"
     assert "corpora_full" in qbe.needs and "export" in qbe.needs
     override = asr.command[asr.command.index("--override") + 1]
@@ -239,10 +243,10 @@ def test_emulated_cpu_experiments_and_model_subsets_reach_the_stages(tmp_path: P
         Demo(tmp_path / "run", tmp_path / "results", emulate_cpu="sse")
 
 
-def _targets_file(path: Path, cpu: str, verdict: str, emulated: "dict | None" = None) -> Path:
+def _targets_file(path: Path, cpu: str, verdict: str, emulated: "dict | None" = None, family: str = "") -> Path:
     ratio = {"value": 0.95, "low": 0.91 if verdict == "MET" else 0.85, "high": 1.01, "level": 0.95, "seeds": [1337, 1338, 1339]}
     record = {"settings": {"distill precision": "fp32" if emulated else "bf16", "invocation seconds": 1800.0,
-                           "machine": {"cpu": cpu, "cores": 2, "isa flags": ["avx2", "avx512f", "avx512_bf16"],
+                           "machine": {"cpu": cpu, "family": family, "model": "2" if family else "", "cores": 2, "isa flags": ["avx2", "avx512f", "avx512_bf16"],
                                        "emulated": emulated or {}, "torch": "2.13.0"}},
               "tasks": [{"benchmark": "SUPERB", "task": "IC", "rule": "student >= 0.9 x teacher", "ratio": ratio, "verdict": verdict}],
               "targets": {"speech: ...": verdict, "audio: ...": "MET"}}
@@ -258,6 +262,8 @@ def test_compare_puts_machines_side_by_side(tmp_path: Path) -> None:
     settings = json.loads(b.read_text())["settings"]
     assert record_name(json.loads(a.read_text())["settings"]) == "amd-epyc-9r14-avx512-bf16"
     assert record_name(settings) == "amd-epyc-9r14-emulated-avx2-fp32"
+    zen5 = json.loads(_targets_file(tmp_path / "z.json", "AMD EPYC", "MET", family="26").read_text())["settings"]
+    assert record_name(zen5) == "amd-epyc-f26m2-avx512-bf16"  # generations apart where the name is not
     text = compare([a, b])
     assert "| speech: ... | MET | INCONCLUSIVE | not on every machine |" in text
     assert "| audio: ... | MET | MET | MET |" in text

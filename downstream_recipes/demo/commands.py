@@ -8,6 +8,8 @@ from pathlib import Path
 def _run(args: argparse.Namespace) -> int:
     from .pipeline import MODELS
 
+    if args.baselines and args.model:
+        raise ValueError("--baselines evaluates all five models; with --model name each model instead")
     if args.recipe == "usad2":
         from .usad2 import Usad2Demo as Demo
     else:
@@ -21,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
     results = Path(args.results or (run_dir / f"leaderboard{tag}" if args.quick else f"results/demo{suffix}{tag}"))
     paths = Demo(run_dir, results, quick=args.quick, force=args.force, jobs=args.jobs, suite=args.suite,
                  emulate_cpu=args.emulate_cpu, distill_overrides=tuple(args.distill_override or ()),
-                 models=tuple(args.model or MODELS), evaluate_dev=args.evaluate_dev)()
+                 models=MODELS if args.baselines else tuple(args.model or ()), evaluate_dev=args.evaluate_dev)()
     print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -81,7 +83,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--distill-override", action="append", metavar="KEY=VALUE",
                    help="an experiment on the recipe: a dotted override of the distillation config "
                         "(e.g. teachers.speech.target=hidden_states; repeatable; recorded in the results)")
-    p.add_argument("--model", action="append", help="evaluate only this model (repeatable; default: all five)")
+    p.add_argument("--model", action="append", help="evaluate only this model (repeatable; default: the models that "
+                   "decide a target, speech_teacher audio_teacher usad_student; QUICK: all five)")
+    p.add_argument("--baselines", action="store_true", help="also evaluate fbank and the concatenated teachers "
+                   "(context only, 1 probe seed each; ~7 min more on 2 cores)")
     p.add_argument("--evaluate-dev", action="store_true",
                    help="SUPERB probes also predict the dev split with their selected checkpoint (per-item dev intervals)")
     p.set_defaults(func=_run)
