@@ -151,3 +151,18 @@ def test_quick_usad2_demo_end_to_end(tmp_path: Path) -> None:
         assert row.get("verdict") in ("helped", "hurt", "inconclusive"), row  # every task measured, no gap
     md = (results / "leaderboard.md").read_text()
     assert "## Domain-aware weighting" in md and "usad2_w10" in md and "usad2_equal" in md
+
+
+def test_full_usad2_demo_builds_its_stages_with_one_seed_per_probe(tmp_path: Path) -> None:
+    """The full recipe (never run by the suite: an hour) must at least plan: its budget has no
+    probe seeds, and its teachers are evaluated as context."""
+    from downstream_recipes.demo.usad2 import FULL, Usad2Demo
+
+    demo = Usad2Demo(tmp_path / "run", tmp_path / "results")
+    demo.models.mkdir(parents=True)
+    stages = {s.name: s for s in demo.stages()}
+    for model in ("usad2_w10", "usad2_equal", "speech_teacher", "sound_teacher", "music_teacher"):
+        for task in FULL.superb_steps:
+            command = [str(a) for a in stages[f"superb-{task}-{model}"].command]
+            assert command.count("--seed") == 1, (task, model)
+        assert [str(a) for a in stages[f"hear-{model}"].command].count("--seed") == 1
