@@ -46,12 +46,20 @@ from .targets import STUDENT, targets_report
 from .teachers import teacher_training_audio
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo() -> dict[str, str]:
+    """/proc/cpuinfo's fields of the first CPU (empty where the file is missing)."""
+    fields: dict[str, str] = {}
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        return set()
-    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+        pass
+    return fields
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def native_bf16_cpu() -> bool:
@@ -71,14 +79,8 @@ def machine(emulated: "dict[str, str]") -> dict:
     """What a run's numbers depend on beyond the code: CPU kind, instruction sets, torch."""
     import torch
 
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    flags = sorted(_cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"})
+    fields = _cpuinfo()
+    flags = sorted(set(fields.get("flags", "").split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"})
     # Family and model tell CPU generations apart where the model name does not (a cloud VM's
     # "AMD EPYC" is Zen 4 at family 25, Zen 5 at family 26).
     return {"cpu": fields.get("model name") or platform.processor(), "family": fields.get("cpu family", ""),

@@ -74,6 +74,9 @@ class Usad2Budget:
     hear_grid: str
     hear_grid_points: int
     eval_teachers: bool  # the teachers' scores are context; the verdict compares the two students
+    # Seeds per probe. One: the students' comparison resamples the test items; three seeds for
+    # both students would add ~16 min to a run budgeted at 60.
+    probe_seeds: int = 1
 
 
 # The speech teacher and every evaluation setting are make demo's FULL budget, the students its
@@ -109,12 +112,6 @@ class Usad2Demo(Demo):
 
     def teacher_path(self, name: str) -> Path:
         return self.models / f"{name}_teacher.ckpt"
-
-    def seeds(self, model: str) -> range:
-        """One probe seed per model: the students' comparison resamples the test items (and seeds
-        where a task ran with several); three seeds for both students would add ~16 min to a run
-        budgeted at 60."""
-        return range(1)
 
     def student_config(self, student: str) -> Path:
         """Both students' configs differ only in objective.domain_omega (and their run dirs)."""
