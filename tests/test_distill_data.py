@@ -1,4 +1,6 @@
 """Distillation data: manifests, skipped files, determinism, bucketing, domain weights, ranks, resume."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -9,6 +11,7 @@ from usad_upstream.distill.data import (
     Crop,
     DataConfig,
     DistillData,
+    Manifest,
     PAPER_SPEECH_SHARE,
     ManifestEntry,
     build_manifest,
@@ -213,19 +216,84 @@ def test_ranks_get_disjoint_micro_batches_whose_union_is_the_global_step():
 
 
 def test_manifest_columns_are_mapped_from_one_copy_and_rebuilt_when_the_tsv_changes(tmp_path):
-    from usad_upstream.distill.data import Manifest
-
     entries = [ManifestEntry(f"/data/ü{i}.flac", 16000 + i, 16000 if i % 2 else 44100, "sound") for i in range(5)]
     tsv = write_manifest(entries, tmp_path / "m.tsv")
     first = read_manifest(tsv)
     assert (tmp_path / "m.tsv.columns" / "num_samples.npy").is_file() and list(first) == entries
     again = read_manifest(tsv)
-    assert isinstance(again.num_samples, np.memmap) and isinstance(again.blob, np.memmap)  # mapped, not parsed
+    assert isinstance(again.num_samples, np.memmap) and again.paths.text is None  # mapped, not parsed; paths read on demand
     changed = entries[:3] + [ManifestEntry("/data/new.wav", 99999, 8000, "music")]
     write_manifest(changed, tsv)
     assert list(read_manifest(tsv)) == changed  # the stale copy is not used
     both = Manifest.concat([read_manifest(tsv), Manifest.from_entries(entries)])
     assert list(both) == changed + entries
+
+
+def test_several_manifests_map_one_saved_copy_whose_paths_are_read_on_demand_not_mapped(tmp_path):
+    import pickle
+
+    from usad_upstream.distill.data import PATH_BLOCK, columns_dir
+
+    a = [ManifestEntry(f"/speech/{'ü' * (i % 5)}{i}.flac", 16000 + i, 16000, "speech") for i in range(3 * PATH_BLOCK + 5)]
+    b = [ManifestEntry(f"/sound/{i}-{'x' * (i % 90)}.wav", 32000 + i, 44100, "sound") for i in range(PATH_BLOCK - 1)]
+    tsv_a, tsv_b = write_manifest(a, tmp_path / "a.tsv"), write_manifest(b, tmp_path / "b.tsv")
+    both = read_manifest([tsv_a, tsv_b])
+    copy = columns_dir([tsv_a, tsv_b])
+    assert copy.parent == tmp_path and copy.name.startswith("a.tsv.with-1-more-") and (copy / "paths.txt").is_file()
+    assert list(both) == a + b  # every path, across block boundaries and parts, multi-byte names included
+    again = read_manifest([tsv_a, tsv_b])
+    assert isinstance(again.domain, np.memmap) and again.paths.text is None
+    assert [again.path(i) for i in (0, PATH_BLOCK - 1, PATH_BLOCK, len(a), len(a) + len(b) - 1)] == \
+        [e.path for e in (a[0], a[PATH_BLOCK - 1], a[PATH_BLOCK], b[0], b[-1])]
+    maps = Path("/proc/self/maps").read_text()
+    assert "paths.txt" not in maps and str(copy / "domain.npy") in maps  # the columns are mapped, the paths are not
+    assert pickle.loads(pickle.dumps(again)).path(len(a) + 3) == b[3].path  # a worker process opens its own file
+    assert (again.num_samples.dtype, again.sample_rate.dtype) == (np.uint32, np.uint16)  # 7 bytes a clip, not 13
+    for crop in ("random", "segments"):  # unsigned columns plan exactly as the in-memory int64 ones
+        config = DataConfig.from_dict({"crop": crop, "min_seconds": 0.5, "max_seconds": 0.6})
+        mapped, memory = (BatchPlanner(m, config, 3.0, seed=1).epoch(0) for m in (again, Manifest.from_entries(a + b)))
+        assert len(mapped) == len(memory) > 0 and all(mapped.batch(j) == memory.batch(j) for j in range(len(memory)))
+    with pytest.raises(IndexError):
+        again.path(len(a) + len(b))
+    write_manifest(b[:10], tsv_b)
+    assert list(read_manifest([tsv_a, tsv_b])) == a + b[:10]  # one part changed: the copy is rebuilt
+    with pytest.raises(ValueError, match="line break"):
+        Manifest.from_entries([ManifestEntry("/x\ny.wav", 16000, 16000, "speech")])
+
+
+def test_the_path_index_is_the_same_however_the_text_arrives_in_pieces():
+    from usad_upstream.distill.data import PATH_BLOCK, Paths, text_index
+
+    rng = np.random.default_rng(0)
+    paths = [f"/d/{'é' * int(rng.integers(0, 40))}{i}.wav" for i in range(5 * PATH_BLOCK + 3)]
+    whole = Paths.from_strings(paths)
+    raw = np.frombuffer(whole.text, dtype=np.uint8)
+    for size in (1, 7, PATH_BLOCK, 1000, raw.shape[0]):
+        index, count = text_index([raw[i : i + size] for i in range(0, raw.shape[0], size)])
+        assert count == len(paths) and np.array_equal(index, whole.index), size
+    assert [whole[i] for i in range(len(paths))] == paths
+    with pytest.raises(ValueError, match="line break"):
+        text_index([raw[:-1]])
+
+
+def test_manifests_in_a_read_only_directory_are_parsed_into_memory(tmp_path, monkeypatch):
+    import builtins
+
+    from usad_upstream.distill import data as data_module
+
+    a = [ManifestEntry(f"/a/{i}.flac", 16000 + i, 16000, "speech") for i in range(70)]
+    b = [ManifestEntry(f"/b/{i}.flac", 20000 + i, 22050, "music") for i in range(3)]
+    tsvs = [write_manifest(a, tmp_path / "a.tsv"), write_manifest(b, tmp_path / "b.tsv")]
+
+    def no_lock(path, *args, **kwargs):  # what a read-only directory does to the lock file (root ignores chmod)
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "open", no_lock, raising=False)
+    both = read_manifest(tsvs)
+    assert both.paths.text is not None and list(both) == a + b
+    assert not any(p.name.endswith(".columns") for p in tmp_path.iterdir())
 
 
 def test_manifest_build_reads_each_header_once_across_an_interrupted_scan(corpus, monkeypatch):
@@ -303,3 +371,21 @@ def test_data_bench_reports_loader_throughput_beside_the_step_demand(tmp_path):
     table = data_table(record)
     need = 1000.0 / record["loader"][0]["audio_s_per_s"]
     assert f"| tsv | cold | 22050 | {record['loader'][0]['audio_s_per_s']:.0f} | {need:.1f} |" in table
+
+
+def test_data_bench_starts_ranks_on_one_mapped_manifest_and_bounds_a_node(tmp_path):
+    from usad_upstream.distill.databench import data_table, node_mb, run_data_bench
+
+    record = run_data_bench(tmp_path, clips=0, batches=0, sample_rate=16000, demand=1000.0, manifest_rows=[3000], ranks=2)
+    scale = record["manifest_scale"][0]
+    assert scale["rows"] == scale["first_read"]["rows"] == 3000
+    assert (tmp_path / "synthetic_3000.tsv.columns" / "paths.txt").is_file()
+    steps = {r["steps"] for r in [scale["rank0_start"], *scale["rank_starts"]]}
+    assert len(steps) == 1 and steps.pop() > 0 and sorted(r["rank"] for r in scale["rank_starts"]) == [1, 2]
+    ranks = scale["rank_starts"]
+    assert node_mb(scale) == pytest.approx(scale["rank0_start"]["start_peak_anon_mb"]
+                                           + 7 * max(max(r["rss_anon_mb"], r["start_peak_anon_mb"]) for r in ranks)
+                                           + max(r["rss_file_mb"] for r in [scale["rank0_start"], *ranks]))
+    assert all(r["start_peak_anon_mb"] >= r["start_rss_anon_mb"] for r in [scale["rank0_start"], *ranks])
+    assert f"| 3,000 | {scale['tsv_mb']:.0f} | {scale['first_read']['seconds']:.1f} /" in data_table(record)
+    assert f"| {node_mb(scale):.0f} |" in data_table(record)

@@ -141,6 +141,7 @@ def _manifest_build(args: argparse.Namespace) -> int:
     if not entries:
         raise ValueError(f"no readable audio found in {args.sources} (skipped: {dict(skipped) or 'none'})")
     write_manifest(entries, args.output)
+    read_manifest(args.output)  # its columnar copy, made now: training runs map it instead of parsing the TSV
     partial.unlink()
     domains = Counter(e.domain for e in entries)
     hours = sum(e.seconds for e in entries) / 3600

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence as SequenceABC
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -47,8 +47,10 @@ COLUMNS = ("path", "num_samples", "sample_rate", "domain")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff", ".au", ".w64", ".caf")
 SKIP_KINDS = ("unreadable", "silent", "too_short")
 MAX_REFILL_TRIES = 50
-CHUNK = 1 << 22  # rows per vectorised step (parsing, weights, packing): bounds transient memory
+CHUNK = 1 << 22  # rows per vectorised step (weights, packing): bounds transient memory
+PARSE_CHUNK = 1 << 20  # rows per parsed piece of a TSV (a row of Python strings costs ~250 bytes there)
 COLUMNS_SUFFIX = ".columns"  # the memory-mapped copy of M.tsv lives in M.tsv.columns/
+PATH_BLOCK = 64  # paths per entry of the path index (one positioned read of a block finds a path)
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -163,20 +165,104 @@ def write_manifest(entries: Sequence[ManifestEntry], path: "str | Path") -> Path
     return Path(path)
 
 
+class Paths:
+    """A manifest's paths: one newline-separated UTF-8 text and the byte offset of every
+    PATH_BLOCK-th path. A saved text is a file read with one positioned read of a block (~64
+    paths) per lookup, never mapped: the ~3 GB of paths of 54M clips stay on disk and in the
+    evictable page cache, and what a node holds resident is the index (16 bytes per 64 paths)."""
+
+    TEXT, INDEX = "paths.txt", "path_index.npy"
+
+    def __init__(self, index: np.ndarray, count: int, text: "bytes | None" = None, file: "Path | None" = None) -> None:
+        self.index, self.count, self.text, self.file = index, count, text, file
+        self._fd: "tuple[int, int] | None" = None  # (pid, fd): a forked or spawned worker opens its own
+
+    @classmethod
+    def from_strings(cls, paths: Sequence[str]) -> "Paths":
+        text = ("\n".join(paths) + "\n").encode() if len(paths) else b""
+        index, count = text_index([np.frombuffer(text, dtype=np.uint8)])
+        if count != len(paths):
+            bad = next(p for p in paths if "\n" in p)
+            raise ValueError(f"a manifest path must not contain a line break, got {bad!r}")
+        return cls(index, count, text=text)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Paths"]) -> "Paths":
+        return cls.from_text(b"".join(p.read_all() for p in parts))
+
+    @classmethod
+    def from_text(cls, text: bytes) -> "Paths":
+        return cls(*text_index([np.frombuffer(text, dtype=np.uint8)]), text=text)
+
+    def read_all(self) -> bytes:
+        return self.text if self.text is not None else Path(self.file).read_bytes()  # type: ignore[arg-type]
+
+    def _handle(self) -> int:
+        if self._fd is None or self._fd[0] != os.getpid():
+            self._fd = (os.getpid(), os.open(self.file, os.O_RDONLY))  # type: ignore[arg-type]
+        return self._fd[1]
+
+    def __getitem__(self, i: int) -> str:
+        if not 0 <= i < self.count:
+            raise IndexError(f"path {i} of a manifest of {self.count}")
+        b, k = divmod(i, PATH_BLOCK)
+        lo, hi = int(self.index[b]), int(self.index[b + 1])
+        block = self.text[lo:hi] if self.text is not None else os.pread(self._handle(), hi - lo, lo)
+        return block.split(b"\n", k + 1)[k].decode()
+
+    def save(self, directory: Path) -> None:
+        if self.text is not None:
+            (directory / self.TEXT).write_bytes(self.text)
+        else:
+            shutil.copyfile(self.file, directory / self.TEXT)  # type: ignore[arg-type]
+        np.save(directory / self.INDEX, np.asarray(self.index))
+
+    @classmethod
+    def load(cls, directory: Path, count: int) -> "Paths":
+        return cls(np.load(directory / cls.INDEX, mmap_mode="r"), count, file=directory / cls.TEXT)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__, _fd=None)
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._fd[0] == os.getpid():
+            os.close(self._fd[1])
+
+
+def text_index(pieces: Iterable[np.ndarray]) -> tuple[np.ndarray, int]:
+    """(index, count) of a newline-terminated text given as consecutive pieces (uint8 arrays):
+    index holds the start of paths 0, PATH_BLOCK, 2 * PATH_BLOCK, ... and the text's length."""
+    starts, count, next_start, offset = [], 0, 0, 0
+    for piece in pieces:
+        ends = np.flatnonzero(piece == 10) + offset
+        offset += piece.shape[0]
+        if not ends.shape[0]:
+            continue
+        row_starts = np.concatenate([[next_start], ends[:-1] + 1])
+        starts.append(row_starts[(count + np.arange(ends.shape[0])) % PATH_BLOCK == 0])
+        count += ends.shape[0]
+        next_start = int(ends[-1]) + 1
+    if next_start != offset:
+        raise ValueError("a path text must end with a line break")
+    return np.concatenate(starts + [np.asarray([offset])]).astype(np.int64), count
+
+
+def _file_pieces(path: Path, size: int = 1 << 26) -> Iterator[np.ndarray]:
+    """A file in pieces read one after another (read, not mapped: its pages stay evictable cache)."""
+    with open(path, "rb") as handle:
+        while piece := handle.read(size):
+            yield np.frombuffer(piece, dtype=np.uint8)
+
+
 class Manifest:
     """Columnar manifest: numpy arrays instead of one Python object per file. `Manifest.load`
     memory-maps a saved copy, so every process on a node shares one copy in the page cache.
     `manifest[i]` is a ManifestEntry; iteration yields all of them; `read` decodes audio."""
 
-    ARRAYS = ("offsets", "blob", "num_samples", "sample_rate", "domain")
+    ARRAYS = ("num_samples", "sample_rate", "domain")
 
-    def __init__(self, paths: Sequence[str], num_samples: Sequence[int], sample_rate: Sequence[int], domain: Sequence[int]) -> None:
-        # one join + encode for all paths (C speed), then split at the separators
-        raw = np.frombuffer(("\n".join(paths) + "\n").encode(), dtype=np.uint8) if len(paths) else np.zeros(0, np.uint8)
-        ends = np.flatnonzero(raw == 10)
-        self.offsets = np.zeros(len(paths) + 1, dtype=np.int64)
-        self.offsets[1:] = ends - np.arange(len(paths))
-        self.blob = raw[raw != 10]
+    def __init__(self, paths: "Sequence[str] | Paths", num_samples: Sequence[int], sample_rate: Sequence[int], domain: Sequence[int]) -> None:
+        self.paths = paths if isinstance(paths, Paths) else Paths.from_strings(paths)
         self.num_samples = np.asarray(num_samples, dtype=np.int64)
         self.sample_rate = np.asarray(sample_rate, dtype=np.int32)
         self.domain = np.asarray(domain, dtype=np.int8)  # index into DOMAINS
@@ -188,30 +274,17 @@ class Manifest:
 
     @classmethod
     def concat(cls, parts: Sequence["Manifest"]) -> "Manifest":
-        """One manifest from several (arrays joined; no per-file Python objects)."""
+        """One in-memory manifest from several (for large ones, `read_manifest([a, b])` maps one saved copy)."""
         if len(parts) == 1:
             return parts[0]  # keeps a memory-mapped manifest mapped
-        out = cls([], [], [], [])
         if not parts:
-            return out
-        shifts = np.cumsum([0] + [m.blob.shape[0] for m in parts[:-1]])
-        out.offsets = np.concatenate([np.zeros(1, dtype=np.int64)] + [m.offsets[1:] + s for m, s in zip(parts, shifts)])
-        out.blob = np.concatenate([m.blob for m in parts])
-        for name in ("num_samples", "sample_rate", "domain"):
-            setattr(out, name, np.concatenate([getattr(m, name) for m in parts]))
-        return out
+            return cls([], [], [], [])
+        return cls(Paths.concat([m.paths for m in parts]),
+                   *(np.concatenate([getattr(m, name) for m in parts]) for name in cls.ARRAYS))
 
     def save(self, directory: "str | Path", stamp: Mapping[str, Any]) -> None:
-        """Write the arrays as .npy files into `directory` (replaced atomically) with `stamp`."""
-        directory = Path(directory)
-        tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in self.ARRAYS:
-            np.save(tmp / f"{name}.npy", getattr(self, name))
-        (tmp / "stamp.json").write_text(json.dumps(dict(stamp)))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        """Write the arrays as .npy files and the paths into `directory` (replaced atomically) with `stamp`."""
+        _save_columns(directory, [(self.paths, {name: getattr(self, name) for name in self.ARRAYS})], stamp)
 
     @classmethod
     def load(cls, directory: "str | Path") -> "Manifest":
@@ -219,13 +292,14 @@ class Manifest:
         out = cls.__new__(cls)
         for name in cls.ARRAYS:
             setattr(out, name, np.load(Path(directory) / f"{name}.npy", mmap_mode="r"))
+        out.paths = Paths.load(Path(directory), len(out))
         return out
 
     def __len__(self) -> int:
         return int(self.num_samples.shape[0])
 
     def path(self, i: int) -> str:
-        return self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes().decode()
+        return self.paths[i]
 
     def __getitem__(self, i: int) -> ManifestEntry:
         return ManifestEntry(self.path(i), int(self.num_samples[i]), int(self.sample_rate[i]), DOMAINS[self.domain[i]])
@@ -244,17 +318,52 @@ class Manifest:
         return sf.read(self.path(i), start=start, frames=frames, dtype="float32", always_2d=True)
 
 
-def _parse_manifest(path: Path) -> Manifest:
-    """Parse and validate a manifest TSV in chunks (pandas' C parser); errors name the line."""
+def _save_columns(directory: "str | Path", parts: "Iterable[tuple[Paths, Mapping[str, np.ndarray]]]", stamp: Mapping[str, Any]) -> None:
+    """Write a saved manifest from parts as they come (a parser's chunks): each part's paths
+    appended to the text file at once, the columns kept (7-13 bytes a row) and filled into
+    their .npy files at the end; the directory appears complete or not at all."""
+    directory = Path(directory)
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    columns = []
+    with open(tmp / Paths.TEXT, "wb") as handle:
+        for paths, part in parts:
+            handle.write(paths.read_all())
+            columns.append(part)
+    index, count = text_index(_file_pieces(tmp / Paths.TEXT))
+    np.save(tmp / Paths.INDEX, index)
+    total = sum(int(part["num_samples"].shape[0]) for part in columns)
+    if count != total:
+        raise ValueError(f"{count} paths for {total} rows")
+    for name in Manifest.ARRAYS:
+        largest = max((int(part[name].max()) for part in columns if part[name].shape[0]), default=0)
+        dtype = {"num_samples": np.uint32 if largest < 2**32 else np.int64,  # the narrowest that holds every value:
+                 "sample_rate": np.uint16 if largest < 2**16 else np.int32,  # 7 bytes a clip at 16 kHz
+                 "domain": np.int8}[name]
+        out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(total,))
+        row = 0
+        for part in columns:
+            out[row : row + part[name].shape[0]] = part[name]
+            row += part[name].shape[0]
+        out.flush()
+        del out
+    (tmp / "stamp.json").write_text(json.dumps(dict(stamp)))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def _parse_chunks(path: Path) -> Iterator[tuple[Paths, dict[str, np.ndarray]]]:
+    """A manifest TSV in validated chunks of PARSE_CHUNK rows (pandas' C parser); errors name the line."""
     import pandas as pd
 
     with open(path, newline="") as handle:
         header = handle.readline().rstrip("\r\n").split("\t")
     if tuple(header) != COLUMNS:
         raise ValueError(f"{path}: header must be {'<TAB>'.join(COLUMNS)}, got {header}")
-    parts, first_row = [], 2  # file line of the chunk's first row
+    first_row = 2  # file line of the chunk's first row
     try:
-        reader = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE, engine="c", chunksize=CHUNK)
+        reader = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE, engine="c", chunksize=PARSE_CHUNK)
         for df in reader:
             if tuple(df.columns) != COLUMNS:
                 raise ValueError(f"{path}: header must be {'<TAB>'.join(COLUMNS)}, got {list(df.columns)}")
@@ -268,32 +377,46 @@ def _parse_manifest(path: Path) -> Manifest:
             if domain.isna().any():
                 row = int(np.argmax(domain.isna().to_numpy()))
                 raise ValueError(f"{path}:{first_row + row}: domain must be one of {list(DOMAINS)}, got {df['domain'].iloc[row]!r}")
-            parts.append(Manifest(df["path"].tolist(), numbers["num_samples"].to_numpy(np.int64),
-                                  numbers["sample_rate"].to_numpy(np.int32), domain.to_numpy(np.int8)))
+            yield Paths.from_text(("\n".join(df["path"].tolist()) + "\n").encode()), {
+                "num_samples": numbers["num_samples"].to_numpy(np.int64), "sample_rate": numbers["sample_rate"].to_numpy(np.int32),
+                "domain": domain.to_numpy(np.int8)}
             first_row += len(df)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{path}: not a tab-separated manifest ({exc})") from None
-    return Manifest.concat(parts) if parts else Manifest([], [], [], [])
 
 
-def columns_dir(path: "str | Path") -> Path:
-    return Path(f"{path}{COLUMNS_SUFFIX}")
+def columns_dir(manifests: "str | Path | Sequence[str | Path]") -> Path:
+    """Where the saved copy of a manifest lives: M.tsv.columns/ beside it; the copy of several
+    manifests read together lives beside the first, named after all of them."""
+    files = _manifest_files(manifests)
+    if len(files) == 1:
+        return Path(f"{files[0]}{COLUMNS_SUFFIX}")
+    import hashlib
+
+    tag = hashlib.sha1("\n".join(str(f.resolve()) for f in files).encode()).hexdigest()[:12]
+    return Path(f"{files[0]}.with-{len(files) - 1}-more-{tag}{COLUMNS_SUFFIX}")
 
 
-def read_manifest(path: "str | Path") -> Manifest:
-    """A manifest TSV as a memory-mapped columnar Manifest.
+def _manifest_files(manifests: "str | Path | Sequence[str | Path]") -> list[Path]:
+    return [Path(manifests)] if isinstance(manifests, (str, os.PathLike)) else [Path(m) for m in manifests]
 
-    The first reader parses the TSV and saves its columns beside it (M.tsv.columns/, rebuilt
-    when the TSV's size or mtime change; a file lock keeps the ranks of a node from parsing it
-    at once); everyone else maps those files, so a node holds one copy however many ranks read
-    it, and a restart takes milliseconds. Where the directory is read-only, the TSV is parsed
-    into this process's memory instead."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"manifest not found: {path}; create one with `usad manifest build DIR --domain speech -o {path}`")
-    stat = path.stat()
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    columns = columns_dir(path)
+
+def read_manifest(manifests: "str | Path | Sequence[str | Path]") -> Manifest:
+    """One manifest TSV, or several read as one, as a memory-mapped columnar Manifest.
+
+    The first reader parses the TSVs and saves their columns (`columns_dir`; rebuilt when a
+    TSV's size or mtime change; a file lock keeps the ranks of a node from parsing at once);
+    everyone else maps those files, so a node holds one copy however many ranks read it, and
+    a restart takes milliseconds. Where the directory is read-only, the TSVs are parsed into
+    this process's memory instead."""
+    files = _manifest_files(manifests)
+    if not files:
+        return Manifest([], [], [], [])
+    for path in files:
+        if not path.is_file():
+            raise ValueError(f"manifest not found: {path}; create one with `usad manifest build DIR --domain speech -o {path}`")
+    stamp = {"manifests": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    columns = columns_dir(files)
 
     def cached() -> "Manifest | None":
         try:
@@ -307,13 +430,13 @@ def read_manifest(path: "str | Path") -> Manifest:
     try:
         lock = open(f"{columns}.lock", "a")
     except OSError as exc:
-        log.warning("cannot write the columnar copy of %s (%s): parsing it in this process", path, exc)
-        return _parse_manifest(path)
+        log.warning("cannot write the columnar copy of %s (%s): parsing it in this process", files[0], exc)
+        return Manifest.concat([Manifest(paths, **part) for path in files for paths, part in _parse_chunks(path)])
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first rank parses; the others wait, then map its copy
         manifest = cached()
         if manifest is None:
-            _parse_manifest(path).save(columns, stamp)
+            _save_columns(columns, (chunk for path in files for chunk in _parse_chunks(path)), stamp)
             manifest = cached()
             assert manifest is not None
     return manifest
@@ -504,7 +627,7 @@ class BatchPlanner:
         if config.crop == "segments":  # a unit is one of the consecutive max_seconds pieces of a file
             files = np.nonzero(m.num_samples >= config.min_seconds * m.sample_rate)[0]
             seg = (config.max_seconds * m.sample_rate[files]).astype(np.int64)
-            reps = -(-m.num_samples[files] // seg)
+            reps = -(-m.num_samples[files].astype(np.int64) // seg)  # signed: a saved copy's column may be unsigned
             index = np.repeat(files, reps)
             piece = np.arange(index.shape[0]) - np.repeat(np.cumsum(reps) - reps, reps)
             start = piece * np.repeat(seg, reps)
@@ -539,7 +662,7 @@ class BatchPlanner:
         `segments` mode."""
         m = self.entries
         if self.unit_index is None:
-            index, start, frames = units, np.zeros_like(units), m.num_samples[units]
+            index, start, frames = units, np.zeros_like(units), m.num_samples[units].astype(np.int64)
         else:
             index, start, frames = self.unit_index[units], self.unit_start[units], self.unit_frames[units]
         sr = m.sample_rate[index].astype(np.int64)
@@ -559,8 +682,10 @@ class BatchPlanner:
         for c in range(0, n, CHUNK):
             w = self.unit_weights(c, min(n, c + CHUNK))
             repeats[c : c + CHUNK] = np.floor(w) + (rng.random(w.shape[0]) < (w - np.floor(w)))
-        units = rng.permutation(np.repeat(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64), repeats))
+        index_type = np.int32 if n < 2**31 else np.int64
+        units = np.repeat(np.arange(n, dtype=index_type), repeats)
         del repeats
+        rng.shuffle(units)  # in place: what rng.permutation draws, without a second copy of the epoch
         longest = int(self.config.max_seconds * SAMPLE_RATE)
         pool = self.config.bucket_pool * max(1, self.micro_samples // longest)
         step = pool * max(1, CHUNK // pool)  # whole pools per chunk
@@ -570,7 +695,8 @@ class BatchPlanner:
             order, lo, hi = pack(self.crops(part.astype(np.int64), None)[3], self.micro_samples, pool)
             units[c : c + step] = part[order]
             los.append(lo + c), his.append(hi + c)
-        lo, hi = np.concatenate(los), np.concatenate(his)
+        bound = np.int32 if units.shape[0] < 2**31 else np.int64  # positions in units
+        lo, hi = np.concatenate(los).astype(bound), np.concatenate(his).astype(bound)
         shuffle = rng.permutation(lo.shape[0])
         return Plan(self, epoch, units, lo[shuffle], hi[shuffle])
 

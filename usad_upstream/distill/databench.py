@@ -36,6 +36,29 @@ def _memory() -> dict[str, float]:
     return out
 
 
+class AnonPeak:
+    """The highest RssAnon (MB) this process reached while the block ran, sampled every 5 ms:
+    the kernel's VmHWM counts mapped file pages too, which the ranks of a node share."""
+
+    def __enter__(self) -> "AnonPeak":
+        import threading
+
+        self.peak, self._stop = _memory()["RssAnon"], threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.005):
+                self.peak = max(self.peak, _memory()["RssAnon"])
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _memory()["RssAnon"])
+
+
 def _drop_cache(paths: Sequence[Path]) -> None:
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
@@ -149,29 +172,35 @@ def rank_start(tsv: str, plan_dir: str, rank: int, world: int, hold: "Any | None
     interpreter + numpy/torch imports, i.e. what the data costs."""
     import torch  # noqa: F401  (imported before measuring: every rank has it)
 
-    from .data import DataConfig, DistillData, read_manifest
+    from .data import PATH_BLOCK, DataConfig, DistillData, read_manifest
 
     before = _memory()
     start = time.perf_counter()
-    config = DataConfig.from_dict({"max_seconds": 15.0, "min_seconds": 2.0})
-    manifest = read_manifest(tsv)
-    data = DistillData(manifest, config, batch_seconds=800.0, seed=0, world_size=world, rank=rank, plan_dir=plan_dir)
-    steps = data.steps_in_epoch(0)
-    data._rank_batches(0, 0)[0]
+    with AnonPeak() as anon:
+        config = DataConfig.from_dict({"max_seconds": 15.0, "min_seconds": 2.0})
+        manifest = read_manifest(tsv)
+        data = DistillData(manifest, config, batch_seconds=800.0, seed=0, world_size=world, rank=rank, plan_dir=plan_dir)
+        steps = data.steps_in_epoch(0)
+        data._rank_batches(0, 0)[0]
     took = time.perf_counter() - start
     at_start = _memory()
     # over an epoch a rank's micro-batches reach every page of the plan and of the manifest's
-    # columns (paths included): touch one value per page, as a whole epoch would
+    # columns, and every block of paths: touch one value per page and read one path per block
     plan = data._epoch_plan(0)
-    arrays = [plan.units, plan.lo, plan.hi] + [getattr(manifest, n) for n in manifest.ARRAYS]
+    arrays = [plan.units, plan.lo, plan.hi, manifest.paths.index] + [getattr(manifest, n) for n in manifest.ARRAYS]
     touched = sum(int(np.asarray(a[:: max(1, 4096 // a.itemsize)]).astype(np.int64).sum() % 7) for a in arrays)
+    paths_start = time.perf_counter()
+    touched += sum(len(manifest.path(i)) for i in range(0, len(manifest), PATH_BLOCK)) % 7
+    paths_took = time.perf_counter() - paths_start
     after = _memory()
     if hold is not None:  # stay alive until every rank measured, so shared pages are shared
         hold.wait()
     return {"rank": rank, "seconds": took, "steps": steps, "start_rss_anon_mb": at_start["RssAnon"] - before["RssAnon"],
             "start_rss_file_mb": at_start["RssFile"] - before["RssFile"],
             "rss_anon_mb": after["RssAnon"] - before["RssAnon"], "rss_file_mb": after["RssFile"] - before["RssFile"],
-            "pss_mb": after["Pss"] - before["Pss"], "peak_growth_mb": after["VmHWM"] - before["VmHWM"], "touched": touched}
+            "pss_mb": after["Pss"] - before["Pss"], "peak_growth_mb": after["VmHWM"] - before["VmHWM"],
+            "start_peak_anon_mb": anon.peak - before["RssAnon"],
+            "seconds_reading_every_path_block": paths_took, "touched": touched}
 
 
 def manifest_scale(workdir: Path, rows: int, ranks: int) -> dict[str, Any]:
@@ -213,18 +242,28 @@ def data_table(record: dict[str, Any]) -> str:
         lines.append(f"| {r['source']} | {r['cache']} | {r['source_rate']} | {r['audio_s_per_s']:.0f} | {need:.1f} |")
     if record["manifest_scale"]:
         lines += ["", "Memory: growth over the bare process (torch imported), after touching every page an epoch "
-                  "touches (plan, all columns, paths); anon = the rank's own, file = mapped pages, shared by the ranks of a node", "",
-                  "| manifest rows | TSV (MB) | first read: s / peak RSS growth MB | rank 0 start (plans): s / anon MB / file MB | "
-                  "rank k start (maps): s / anon MB / file MB / PSS MB |", "|---|---|---|---|---|"]
+                  "touches (plan, all columns, one path of every block of paths: paths are read with positioned reads, not mapped); "
+                  "anon = the rank's own, file = mapped pages, shared by the ranks of a node", "",
+                  "| manifest rows | TSV (MB) | first read: s / peak RSS growth MB | rank 0 start (plans): s / anon MB (peak while planning) / file MB | "
+                  "rank k start (maps): s / anon MB / file MB / PSS MB | a node of 8 ranks, MB (at most) |", "|---|---|---|---|---|---|"]
         for m in record["manifest_scale"]:
             f, z = m["first_read"], m["rank0_start"]
             ks = m["rank_starts"]
             mean = {k: float(np.mean([r[k] for r in ks])) for k in ("seconds", "rss_anon_mb", "rss_file_mb", "pss_mb")}
             lines.append(f"| {m['rows']:,} | {m['tsv_mb']:.0f} | {f['seconds']:.1f} / {f['peak_growth_mb']:.0f} | "
-                         f"{z['seconds']:.1f} / {z['rss_anon_mb']:.0f} (peak +{z['peak_growth_mb']:.0f}) / {z['rss_file_mb']:.0f} | "
+                         f"{z['seconds']:.1f} / {z['rss_anon_mb']:.0f} (peak {z['start_peak_anon_mb']:.0f}) / {z['rss_file_mb']:.0f} | "
                          f"{mean['seconds']:.1f} / {mean['rss_anon_mb']:.0f} / {mean['rss_file_mb']:.0f} / {mean['pss_mb']:.0f} "
-                         f"(mean of {len(ks)} ranks alive together) |")
+                         f"(mean of {len(ks)} ranks alive together) | {node_mb(m):.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def node_mb(scale: dict[str, Any]) -> float:
+    """What a node of 8 ranks holds for the data at most: rank 0's own peak while it plans,
+    7 times the largest own memory of a mapping rank, and the mapped pages once (all ranks map
+    the same files)."""
+    ks = scale["rank_starts"]
+    return (scale["rank0_start"]["start_peak_anon_mb"] + 7 * max(max(r["rss_anon_mb"], r["start_peak_anon_mb"]) for r in ks)
+            + max(r["rss_file_mb"] for r in [scale["rank0_start"], *ks]))
 
 
 def write_data_record(record: dict[str, Any], out_dir: "str | os.PathLike[str]") -> Path:

@@ -150,7 +150,7 @@ def build_shards(
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     out = Path(out_dir)
-    entries = Manifest.concat([read_manifest(m) for m in manifests])
+    entries = read_manifest(manifests)
     if not len(entries):
         raise ValueError(f"{', '.join(map(str, manifests))}: no clips to shard")
     spec = _spec([Path(m) for m in manifests], entries, shard_size, seed)
@@ -277,4 +277,4 @@ def open_data(manifests: Sequence[str], shards: Sequence[str]) -> Manifest:
     """The clips a data config names: TSV manifests (memory-mapped columns) or Shar directories."""
     if shards:
         return ShardSet(shards)
-    return Manifest.concat([read_manifest(m) for m in manifests])
+    return read_manifest(manifests)
