@@ -55,6 +55,7 @@ CHUNKS = "tests/test_promises_model.py::test_chunks_yield_each_window_of_the_bat
 HEAR_FAILED = "tests/test_promises_hear.py::test_a_failed_task_is_recorded_the_rest_still_run_and_a_rerun_redoes_only_it"
 REAL_DIGITS = "tests/test_corpora.py::test_speech_commands_test_voices_disjoint_and_real_digits"
 SUPERB_BY_HAND = "tests/test_results.py::test_superb_score_hand_computed"
+SEVERAL_MANIFESTS = "tests/test_distill_data.py::test_several_manifests_map_one_saved_copy_whose_paths_are_read_on_demand_not_mapped"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # 1. every rank of a step draws the same micro-batches
@@ -199,6 +200,19 @@ MUTATIONS: tuple[Mutation, ...] = (
              """return f"{cpu}-{isa}-{settings.get('distill precision', 'fp32')}\"""",
              """return f"{isa}-{settings.get('distill precision', 'fp32')}\"""",
              ("tests/test_demo.py::test_compare_puts_machines_side_by_side",)),
+    # 18. a saved manifest's paths held in every process instead of read on demand
+    Mutation("manifest-paths-held", "usad_upstream/distill/data.py",
+             "return cls(np.load(directory / cls.INDEX, mmap_mode=\"r\"), count, file=directory / cls.TEXT)",
+             "return cls(np.load(directory / cls.INDEX, mmap_mode=\"r\"), count, text=(directory / cls.TEXT).read_bytes())",
+             (SEVERAL_MANIFESTS,)),
+    # 19. a saved copy's unsigned lengths negated unsigned (segments mode)
+    Mutation("manifest-unsigned-lengths", "usad_upstream/distill/data.py",
+             "reps = -(-m.num_samples[files].astype(np.int64) // seg)", "reps = -(-m.num_samples[files] // seg)",
+             (SEVERAL_MANIFESTS,)),
+    # 20. a rerun of a failed static-rendezvous job starts from scratch instead of resuming
+    Mutation("resume-ignores-checkpoints", TRAINER,
+             "ckpt_path = latest_checkpoint(run_dir)", "ckpt_path = None",
+             ("tests/test_distill_trainer.py::test_two_nodes_of_two_processes_resume_a_killed_worker_without_loss[static]",)),
 )
 
 
