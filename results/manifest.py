@@ -7,6 +7,7 @@ still going or that crashed.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import socket
@@ -26,9 +27,29 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def checkpoint_hash(path: "str | Path | None") -> str:
-    """What identifies the weights behind a number: equal models give equal hashes ("" for none)."""
-    return content_hash(path) if path else ""
+    """What identifies the weights behind a number: equal models give equal hashes ("" for none).
+    A teacher spec file (kinds and paths of teachers) is hashed with the weights it names, each
+    path replaced by its file's hash: another checkpoint behind the same spec gets another hash,
+    the same checkpoints elsewhere on disk the same one."""
+    if not path:
+        return ""
+    if Path(path).suffix.lower() in SPEC_SUFFIXES:
+        from usad_upstream.teachers.stack import read_stack_spec
+
+        try:
+            spec = read_stack_spec(path)
+        except ValueError:
+            return content_hash(path)  # not a teacher spec: its bytes
+        for teacher in spec["teachers"]:
+            for key in ("path", "ckpt"):
+                if teacher.get(key) and Path(teacher[key]).is_file():
+                    teacher[key] = content_hash(teacher[key])
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return content_hash(path)
 
 
 def resolved_checkpoint(spec: "str | Path") -> tuple[str, str]:

@@ -265,8 +265,8 @@ def test_compare_puts_machines_side_by_side(tmp_path: Path) -> None:
     zen5 = json.loads(_targets_file(tmp_path / "z.json", "AMD EPYC", "MET", family="26").read_text())["settings"]
     assert record_name(zen5) == "amd-epyc-f26m2-avx512-bf16"  # generations apart where the name is not
     text = compare([a, b])
-    assert "| speech: ... | MET | INCONCLUSIVE | not on every machine |" in text
-    assert "| audio: ... | MET | MET | MET |" in text
+    assert "| speech: ... | MET | INCONCLUSIVE | differs between machines |" in text
+    assert "| audio: ... | MET | MET | MET on every machine |" in text
     assert "| SUPERB IC | student >= 0.9 x teacher | 0.950 [0.910, 1.010] MET | 0.950 [0.850, 1.010] INCONCLUSIVE |" in text
     with pytest.raises(ValueError, match="not a demo targets file"):
         compare([a, _json_without_targets(tmp_path / "c.json")])
@@ -292,3 +292,56 @@ def test_a_resumed_run_starts_what_finished_stages_unblock_first(tmp_path: Path)
     demo.run_stages([teacher, Stage("distill", _py("pass"), needs=("teacher",)), Stage("baseline", _py("pass"))])
     started = [line.split(":")[0].removeprefix("[demo] ") for line in said if "running" in line]
     assert started == ["distill", "baseline"]
+
+
+def test_repro_records_a_distillation_setting_this_cpu_cannot_run_and_measures_the_rest(tmp_path: Path, monkeypatch) -> None:
+    import numpy as np
+
+    from downstream_recipes.demo import repro
+
+    def fake_run(cmd, env, log):  # type: ignore[no-untyped-def]
+        out = Path(next(a for a in cmd if str(a).startswith("run_dir=")).split("=", 1)[1])
+        if env.get("ATEN_CPU_CAPABILITY") == "avx2" and "train.precision=bf16" in cmd:
+            log.write_text("Traceback ...\nRuntimeError: pack_vnni2 is only supported when avx512 is supported\n")
+            raise ValueError("failed")
+        out.mkdir(parents=True)
+        (out / "metrics.csv").write_text("step,loss\n1,1.5\n2,1.25\n")
+        log.write_text("ok\n")
+
+    monkeypatch.setattr(repro, "_run", fake_run)
+    monkeypatch.setattr(repro, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(repro, "_student_weights", lambda run_dir: {"w": np.ones(3, dtype=np.float32)})
+    result = repro.measure_distillation(tmp_path, tmp_path, 2)
+    assert result["vs default"]["ATen avx2"] == {"runs": False, "error": "RuntimeError: pack_vnni2 is only supported when avx512 is supported"}
+    assert set(result["vs default"]) == {"default again", "2 threads", "ATen avx2", "fp32 (a CPU without bf16)", "emulated avx2 CPU, fp32"}
+    assert result["vs default"]["2 threads"]["bitwise equal"] and result["default losses"] == [1.5, 1.25]
+
+
+def test_runs_record_what_they_built_and_compare_tells_same_data_from_other_data(tmp_path: Path) -> None:
+    from downstream_recipes.demo.machines import compare
+    from downstream_recipes.demo.pipeline import data_fingerprints
+    from results.manifest import checkpoint_hash
+
+    run = tmp_path / "run"
+    for rel, content in (("corpora/hear/a.wav", b"A"), ("corpora/hear/README.md", b"built in 3.2 s"), ("pool_small/p.flac", b"P"),
+                         ("models/speech_teacher.ckpt", b"W")):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(content)
+    first = data_fingerprints(run)
+    assert set(first) == {"audio: corpora/hear", "audio: pool_small", "model: speech_teacher.ckpt"}
+    assert first["model: speech_teacher.ckpt"] == checkpoint_hash(run / "models/speech_teacher.ckpt")
+    (run / "corpora/hear/README.md").write_bytes(b"built in 4.0 s")  # datasheets carry build times: not the data
+    assert data_fingerprints(run) == first
+    (run / "corpora/hear/a.wav").write_bytes(b"A'")
+    second = data_fingerprints(run)
+    assert second["audio: corpora/hear"] != first["audio: corpora/hear"] and second["audio: pool_small"] == first["audio: pool_small"]
+    files = []
+    for name, prints in (("a", first), ("b", second)):
+        path = _targets_file(tmp_path / f"{name}.json", "AMD EPYC 9R14", "MET")
+        record = json.loads(path.read_text())
+        record["settings"]["data and models (sha256)"] = prints
+        path.write_text(json.dumps(record))
+        files.append(path)
+    text = compare(files)
+    assert f"| audio: corpora/hear | {first['audio: corpora/hear']} | {second['audio: corpora/hear']} | differs |" in text
+    assert f"| audio: pool_small | {first['audio: pool_small']} | {first['audio: pool_small']} | same |" in text

@@ -333,3 +333,20 @@ def test_secondary_metric_is_read_at_the_primary_metrics_best_dev_step(tmp_path:
     assert df[("slot_type_f1", "dev")] == pytest.approx(60.0)
     assert df[("slot_value_cer", "dev")] == pytest.approx(70.0)  # step 20's, not the lowest (50 at step 10)
     assert df[("slot_value_cer", "test")] == pytest.approx(80.0)
+
+
+def test_a_teacher_spec_is_hashed_with_the_weights_it_names(tmp_path: Path) -> None:
+    from results.manifest import checkpoint_hash
+
+    for name, content in (("a.ckpt", b"weights A"), ("b.ckpt", b"weights B")):
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "a.ckpt").write_bytes(b"weights A")
+    spec = lambda path: f"teachers:\n- kind: atst_frame\n  path: {path}\n"  # noqa: E731
+    for name, path in (("a.yaml", tmp_path / "a.ckpt"), ("b.yaml", tmp_path / "b.ckpt"), ("moved.yaml", tmp_path / "moved" / "a.ckpt")):
+        (tmp_path / name).write_text(spec(path))
+    a, b, moved = (checkpoint_hash(tmp_path / n) for n in ("a.yaml", "b.yaml", "moved.yaml"))
+    assert a != b  # same spec text but for the path, other weights: another model
+    assert a == moved and len(a) == 12  # the same weights elsewhere: the same model
+    (tmp_path / "a.ckpt").write_bytes(b"weights A, retrained")
+    assert checkpoint_hash(tmp_path / "a.yaml") != a  # retrained behind an unchanged spec

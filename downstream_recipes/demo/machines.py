@@ -3,15 +3,14 @@
 Every full run keeps its targets (with the machine it ran on) in
 results/demo/machines/<cpu>-<isa>-<precision>.json, so a run on a second machine (a different
 CPU kind or speed) adds one file; `usad demo compare` puts every file's verdicts and intervals
-into results/demo/machines.md. A claim holds across machines when every machine says MET.
+into results/demo/machines.md. A claim holds across machines when every machine says MET; a
+verdict is a machine-independent one when every machine gives it.
 """
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
-
-from results.intervals import MET
 
 MACHINES_DIR = "machines"
 
@@ -72,11 +71,19 @@ def compare(paths: list[Path]) -> str:
         lines.append(f"| {name} | {m.get('cpu', '')} | {m.get('family', '')} / {m.get('model', '')} | {m.get('cores', '')} | {' '.join(m.get('isa flags') or [])} | "
                      f"{' '.join(f'{k}={v}' for k, v in (m.get('emulated') or {}).items()) or 'no'} | "
                      f"{s.get('distill precision', '')} | {m.get('torch', '')} | {'' if minutes is None else f'{minutes / 60:.1f}'} |")
+    prints = [rec["settings"].get("data and models (sha256)") or {} for _, rec in records]
+    if any(prints):
+        lines += ["", "What each run built before any number (sha256; audio of each corpus, trained models):", "",
+                  "| built | " + " | ".join(n for n, _ in records) + " | every machine |", "|---|" + "---|" * (len(records) + 1)]
+        for key in sorted({k for p in prints for k in p}):
+            values = [p.get(key) for p in prints]
+            same = "same" if all(values) and len(set(values)) == 1 else ("differs" if all(values) else "")
+            lines.append(f"| {key} | " + " | ".join(v or "not recorded" for v in values) + f" | {same} |")
     lines += ["", "| target | " + " | ".join(n for n, _ in records) + " | every machine |",
               "|---|" + "---|" * (len(records) + 1)]
     for target in records[0][1]["targets"]:
         verdicts = [rec["targets"].get(target) for _, rec in records]
-        every = MET if all(v == MET for v in verdicts) else "not on every machine"
+        every = f"{verdicts[0]} on every machine" if verdicts[0] and len(set(verdicts)) == 1 else "differs between machines"
         lines.append(f"| {target} | " + " | ".join(v or "gap" for v in verdicts) + f" | {every} |")
     lines += ["", "Student / teacher per task, mean over probe seeds [95% paired interval] verdict:", "",
               "| task | rule | " + " | ".join(n for n, _ in records) + " |", "|---|---|" + "---|" * len(records)]

@@ -88,6 +88,31 @@ def machine(emulated: "dict[str, str]") -> dict:
             "emulated": emulated, "torch": torch.__version__, "host": platform.node()}
 
 
+AUDIO_FILES = (".wav", ".flac", ".ogg")
+
+
+def data_fingerprints(run: Path) -> dict[str, str]:
+    """Content hashes of the audio a run built before any number (each corpus folder and the
+    distillation pool: every audio file's relative path and bytes; datasheets, which carry build
+    times, are left out) and of its trained models (as the leaderboard hashes them). Two machines' runs that disagree differ in
+    their data or only in their arithmetic: these say which."""
+    import hashlib
+
+    out = {}
+    folders = sorted(p for p in (run / "corpora").glob("*") if p.is_dir()) + sorted(run.glob("pool_*"))
+    for folder in folders:
+        digest = hashlib.sha256()
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_FILES and p.is_file()):
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+        out[f"audio: {folder.relative_to(run)}"] = digest.hexdigest()[:12]
+    from results.manifest import checkpoint_hash  # the leaderboard's checkpoint_hash column
+
+    for model in sorted((run / "models").glob("*")):
+        if model.suffix in (".ckpt", ".safetensors", ".pt"):
+            out[f"model: {model.name}"] = checkpoint_hash(model)
+    return out
+
+
 REPO = Path(__file__).resolve().parents[2]
 # Peak LR of the distillation, by training loss on the demo's 1150-step schedule (run 10's teachers,
 # data and seed; loss logged at step 1083): 1e-3 0.552, 2e-3 0.538, 3e-3 0.542, 4e-3 0.550; at
@@ -575,7 +600,7 @@ class Demo:
                 "probe seeds": {"models": list(DECIDING), "SUPERB (run_downstream --seed)": [S3PRL_SEED + k for k in self.seeds(STUDENT)],
                                 "HEAR (heareval's seed_everything)": [HEAREVAL_SEED + k for k in self.seeds(STUDENT)],
                                 "other models": [S3PRL_SEED, HEAREVAL_SEED]},
-                "machine": machine(self.emulated),
+                "machine": machine(self.emulated), "data and models (sha256)": data_fingerprints(self.run),
                 "invocation seconds": round(time.time() - self.began, 1), "stages done by an earlier invocation": self.reused,
                 f"projected seconds on an idle {self.jobs}-core machine": self.projected_seconds(self.stage_list, self.cpu_seconds),
                 "stage seconds": self.timings, "stage CPU seconds": self.cpu_seconds}

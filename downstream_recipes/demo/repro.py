@@ -134,13 +134,22 @@ def measure_distillation(run: Path, work: Path, steps: int) -> dict:
     settings = {"default": ({}, precision), "default again": ({}, precision), "2 threads": (SETTINGS["2 threads"], precision),
                 "ATen avx2": (SETTINGS["ATen avx2"], precision), "fp32 (a CPU without bf16)": ({}, "fp32"),
                 "emulated avx2 CPU, fp32": (EMULATED_CPUS["avx2"], "fp32")}
-    outs, losses = {}, {}
+    outs, losses, failed = {}, {}, {}
     for name, (env, prec) in settings.items():
         out = work / f"distill-{name.split(',')[0].replace(' ', '_')}-{prec}"
         shutil.rmtree(out, ignore_errors=True)
-        _run(_usad("distill", "--config", run / "models" / "distill.yaml", f"run_dir={out}", f"train.max_steps={steps}",
-                   "train.warmup_steps=1", f"train.ckpt_every={steps}", "train.log_every=1", f"train.precision={prec}"),
-             env, work / f"{out.name}.log")
+        try:
+            _run(_usad("distill", "--config", run / "models" / "distill.yaml", f"run_dir={out}", f"train.max_steps={steps}",
+                       "train.warmup_steps=1", f"train.ckpt_every={steps}", "train.log_every=1", f"train.precision={prec}"),
+                 env, work / f"{out.name}.log")
+        except ValueError:
+            if name == "default":
+                raise
+            # a setting this CPU cannot run (e.g. ATen's AVX2 kernels with bf16 on an AMX CPU: torch's
+            # attention packs for AMX and refuses): recorded with torch's own message, the rest goes on
+            errors = [line.strip() for line in (work / f"{out.name}.log").read_text().splitlines() if "Error" in line]
+            failed[name] = {"runs": False, "error": errors[-1] if errors else f"see {work / f'{out.name}.log'}"}
+            continue
         outs[name] = out
         import csv
 
@@ -149,7 +158,8 @@ def measure_distillation(run: Path, work: Path, steps: int) -> dict:
     compared = _compare_all(outs, _student_weights)
     for name in compared:
         compared[name]["losses"] = losses[name]
-    return {"steps": steps, "precision on this CPU": precision, "default losses": losses["default"], "vs default": compared}
+    return {"steps": steps, "precision on this CPU": precision, "default losses": losses["default"],
+            "vs default": {name: compared.get(name) or failed[name] for name in settings if name != "default"}}
 
 
 def _heareval_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -228,9 +238,10 @@ def run_repro(args: argparse.Namespace) -> int:
         print(f"[repro] {part} ...", flush=True)
         report[part] = parts[part]()
         print(json.dumps(report[part], indent=1), flush=True)
+    from usad_upstream.checkpoint import atomic_write
+
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     print(f"wrote {out}")
     return 0
 
