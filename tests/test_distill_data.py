@@ -389,3 +389,8 @@ def test_data_bench_starts_ranks_on_one_mapped_manifest_and_bounds_a_node(tmp_pa
     assert all(r["start_peak_anon_mb"] >= r["start_rss_anon_mb"] for r in [scale["rank0_start"], *ranks])
     assert f"| 3,000 | {scale['tsv_mb']:.0f} | {scale['first_read']['seconds']:.1f} /" in data_table(record)
     assert f"| {node_mb(scale):.0f} |" in data_table(record)
+
+
+def test_a_manifest_with_a_header_only_reads_as_empty(tmp_path):
+    tsv = write_manifest([], tmp_path / "empty.tsv")
+    assert len(read_manifest(tsv)) == 0 and len(read_manifest(tsv)) == 0  # parsed, then mapped

@@ -94,9 +94,11 @@ AUDIO_FILES = (".wav", ".flac", ".ogg")
 def data_fingerprints(run: Path) -> dict[str, str]:
     """Content hashes of the audio a run built before any number (each corpus folder and the
     distillation pool: every audio file's relative path and bytes; datasheets, which carry build
-    times, are left out) and of its trained models (as the leaderboard hashes them). Two machines' runs that disagree differ in
-    their data or only in their arithmetic: these say which."""
+    times, are left out) and of its trained models (as the leaderboard hashes them). Two
+    machines' runs that disagree differ in their data or only in their arithmetic: these say which."""
     import hashlib
+
+    from results.manifest import checkpoint_hash  # the leaderboard's checkpoint_hash column
 
     out = {}
     folders = sorted(p for p in (run / "corpora").glob("*") if p.is_dir()) + sorted(run.glob("pool_*"))
@@ -105,8 +107,6 @@ def data_fingerprints(run: Path) -> dict[str, str]:
         for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_FILES and p.is_file()):
             digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
         out[f"audio: {folder.relative_to(run)}"] = digest.hexdigest()[:12]
-    from results.manifest import checkpoint_hash  # the leaderboard's checkpoint_hash column
-
     for model in sorted((run / "models").glob("*")):
         if model.suffix in (".ckpt", ".safetensors", ".pt"):
             out[f"model: {model.name}"] = checkpoint_hash(model)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -179,12 +180,11 @@ class Paths:
 
     @classmethod
     def from_strings(cls, paths: Sequence[str]) -> "Paths":
-        text = ("\n".join(paths) + "\n").encode() if len(paths) else b""
-        index, count = text_index([np.frombuffer(text, dtype=np.uint8)])
-        if count != len(paths):
+        out = cls.from_text(("\n".join(paths) + "\n").encode() if len(paths) else b"")
+        if out.count != len(paths):
             bad = next(p for p in paths if "\n" in p)
             raise ValueError(f"a manifest path must not contain a line break, got {bad!r}")
-        return cls(index, count, text=text)
+        return out
 
     @classmethod
     def concat(cls, parts: Sequence["Paths"]) -> "Paths":
@@ -209,13 +209,6 @@ class Paths:
         lo, hi = int(self.index[b]), int(self.index[b + 1])
         block = self.text[lo:hi] if self.text is not None else os.pread(self._handle(), hi - lo, lo)
         return block.split(b"\n", k + 1)[k].decode()
-
-    def save(self, directory: Path) -> None:
-        if self.text is not None:
-            (directory / self.TEXT).write_bytes(self.text)
-        else:
-            shutil.copyfile(self.file, directory / self.TEXT)  # type: ignore[arg-type]
-        np.save(directory / self.INDEX, np.asarray(self.index))
 
     @classmethod
     def load(cls, directory: Path, count: int) -> "Paths":
@@ -282,10 +275,6 @@ class Manifest:
         return cls(Paths.concat([m.paths for m in parts]),
                    *(np.concatenate([getattr(m, name) for m in parts]) for name in cls.ARRAYS))
 
-    def save(self, directory: "str | Path", stamp: Mapping[str, Any]) -> None:
-        """Write the arrays as .npy files and the paths into `directory` (replaced atomically) with `stamp`."""
-        _save_columns(directory, [(self.paths, {name: getattr(self, name) for name in self.ARRAYS})], stamp)
-
     @classmethod
     def load(cls, directory: "str | Path") -> "Manifest":
         """Memory-map a saved manifest (nothing is read until it is used)."""
@@ -318,7 +307,7 @@ class Manifest:
         return sf.read(self.path(i), start=start, frames=frames, dtype="float32", always_2d=True)
 
 
-def _save_columns(directory: "str | Path", parts: "Iterable[tuple[Paths, Mapping[str, np.ndarray]]]", stamp: Mapping[str, Any]) -> None:
+def _save_columns(directory: "str | Path", parts: "Iterable[tuple[bytes, Mapping[str, np.ndarray]]]", stamp: Mapping[str, Any]) -> None:
     """Write a saved manifest from parts as they come (a parser's chunks): each part's paths
     appended to the text file at once, the columns kept (7-13 bytes a row) and filled into
     their .npy files at the end; the directory appears complete or not at all."""
@@ -328,8 +317,8 @@ def _save_columns(directory: "str | Path", parts: "Iterable[tuple[Paths, Mapping
     tmp.mkdir(parents=True)
     columns = []
     with open(tmp / Paths.TEXT, "wb") as handle:
-        for paths, part in parts:
-            handle.write(paths.read_all())
+        for text, part in parts:
+            handle.write(text)
             columns.append(part)
     index, count = text_index(_file_pieces(tmp / Paths.TEXT))
     np.save(tmp / Paths.INDEX, index)
@@ -353,8 +342,9 @@ def _save_columns(directory: "str | Path", parts: "Iterable[tuple[Paths, Mapping
     os.replace(tmp, directory)
 
 
-def _parse_chunks(path: Path) -> Iterator[tuple[Paths, dict[str, np.ndarray]]]:
-    """A manifest TSV in validated chunks of PARSE_CHUNK rows (pandas' C parser); errors name the line."""
+def _parse_chunks(path: Path) -> Iterator[tuple[bytes, dict[str, np.ndarray]]]:
+    """A manifest TSV in validated chunks of PARSE_CHUNK rows (pandas' C parser): each chunk's
+    paths as newline-terminated text and its columns; errors name the line."""
     import pandas as pd
 
     with open(path, newline="") as handle:
@@ -377,7 +367,9 @@ def _parse_chunks(path: Path) -> Iterator[tuple[Paths, dict[str, np.ndarray]]]:
             if domain.isna().any():
                 row = int(np.argmax(domain.isna().to_numpy()))
                 raise ValueError(f"{path}:{first_row + row}: domain must be one of {list(DOMAINS)}, got {df['domain'].iloc[row]!r}")
-            yield Paths.from_text(("\n".join(df["path"].tolist()) + "\n").encode()), {
+            if not len(df):
+                continue  # a header without rows
+            yield ("\n".join(df["path"].tolist()) + "\n").encode(), {
                 "num_samples": numbers["num_samples"].to_numpy(np.int64), "sample_rate": numbers["sample_rate"].to_numpy(np.int32),
                 "domain": domain.to_numpy(np.int8)}
             first_row += len(df)
@@ -391,8 +383,6 @@ def columns_dir(manifests: "str | Path | Sequence[str | Path]") -> Path:
     files = _manifest_files(manifests)
     if len(files) == 1:
         return Path(f"{files[0]}{COLUMNS_SUFFIX}")
-    import hashlib
-
     tag = hashlib.sha1("\n".join(str(f.resolve()) for f in files).encode()).hexdigest()[:12]
     return Path(f"{files[0]}.with-{len(files) - 1}-more-{tag}{COLUMNS_SUFFIX}")
 
@@ -415,7 +405,7 @@ def read_manifest(manifests: "str | Path | Sequence[str | Path]") -> Manifest:
     for path in files:
         if not path.is_file():
             raise ValueError(f"manifest not found: {path}; create one with `usad manifest build DIR --domain speech -o {path}`")
-    stamp = {"manifests": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    stamp = {"manifests": [[str(p), st.st_size, st.st_mtime_ns] for p, st in ((p, p.stat()) for p in files)]}
     columns = columns_dir(files)
 
     def cached() -> "Manifest | None":
@@ -431,7 +421,11 @@ def read_manifest(manifests: "str | Path | Sequence[str | Path]") -> Manifest:
         lock = open(f"{columns}.lock", "a")
     except OSError as exc:
         log.warning("cannot write the columnar copy of %s (%s): parsing it in this process", files[0], exc)
-        return Manifest.concat([Manifest(paths, **part) for path in files for paths, part in _parse_chunks(path)])
+        chunks = [chunk for path in files for chunk in _parse_chunks(path)]
+        if not chunks:
+            return Manifest([], [], [], [])
+        return Manifest(Paths.from_text(b"".join(text for text, _ in chunks)),
+                        *(np.concatenate([part[name] for _, part in chunks]) for name in Manifest.ARRAYS))
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first rank parses; the others wait, then map its copy
         manifest = cached()
